@@ -1,0 +1,182 @@
+"""`window_attention`: the fused op as a PyTorch custom op with a Triton forward and backward.
+
+Dispatch: CUDA tensors run the compiled Triton kernels; CPU tensors run the same kernels in Triton's
+interpreter when TRITON_INTERPRET=1, otherwise the eager PyTorch path with one warning. Input the
+kernels cannot serve (float64, a window over MAX_WINDOW_TOKENS, a head dim over MAX_HEAD_DIM,
+attention dropout in training) runs the eager path with the reason warned once. With
+SWIN_FUSED_STRICT=1 every fallback raises FallbackError instead.
+"""
+import os
+import warnings
+from typing import Optional
+
+import torch
+
+from swin_fused.eager import _pair, window_attention_eager
+
+MAX_WINDOW_TOKENS = 1024
+MAX_HEAD_DIM = 256
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+class FallbackError(RuntimeError):
+    """Raised in strict mode (SWIN_FUSED_STRICT=1) where the op would fall back to eager PyTorch."""
+
+
+def strict_mode():
+    return os.environ.get("SWIN_FUSED_STRICT", "0") not in ("", "0")
+
+
+_warned = set()
+
+
+def fallback(reason):
+    """Announce a fallback to eager PyTorch: once per reason, or as an error in strict mode."""
+    if strict_mode():
+        raise FallbackError(f"swin_fused: {reason} (SWIN_FUSED_STRICT is set)")
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"swin_fused: {reason}; running eager PyTorch", stacklevel=3)
+
+
+def supports(qkv, window_size, num_heads):
+    """(ok, why): whether the Triton kernels can run this input."""
+    wh, ww = _pair(window_size)
+    if qkv.dtype not in KERNEL_DTYPES:
+        return False, f"dtype {qkv.dtype} is not one of float16, bfloat16, float32"
+    if wh * ww > MAX_WINDOW_TOKENS:
+        return False, f"window {wh}x{ww} has more than {MAX_WINDOW_TOKENS} tokens"
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    if head_dim > MAX_HEAD_DIM:
+        return False, f"head dim {head_dim} is over {MAX_HEAD_DIM}"
+    if qkv.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False, "CPU tensors run the Triton kernels only with TRITON_INTERPRET=1"
+    if qkv.device.type not in ("cpu", "cuda"):
+        return False, f"device {qkv.device.type} has no Triton backend here"
+    return True, ""
+
+
+def _check_arguments(qkv, H, W, num_heads, window, shift, rel_bias, qkv_bias, logit_scale):
+    if qkv.dim() != 3:
+        raise ValueError(f"qkv must be (B, H*W, 3*heads*head_dim), got shape {tuple(qkv.shape)}")
+    B, L, C3 = qkv.shape
+    if L != H * W:
+        raise ValueError(f"qkv has {L} tokens but H*W = {H}*{W} = {H * W}")
+    if num_heads < 1 or C3 % (3 * num_heads) != 0:
+        raise ValueError(f"qkv width {C3} is not divisible by 3 * num_heads = {3 * num_heads}")
+    for axis, w, s in (("height", window[0], shift[0]), ("width", window[1], shift[1])):
+        if w < 1:
+            raise ValueError(f"window {axis} must be >= 1, got {w}")
+        if not 0 <= s < w:
+            raise ValueError(f"shift {s} along the {axis} must lie in [0, window {w})")
+    n = window[0] * window[1]
+    if rel_bias is not None and tuple(rel_bias.shape) != (num_heads, n, n):
+        raise ValueError(f"rel_bias must be (heads, N, N) = ({num_heads}, {n}, {n}), "
+                         f"got {tuple(rel_bias.shape)}")
+    if qkv_bias is not None and tuple(qkv_bias.shape) != (C3,):
+        raise ValueError(f"qkv_bias must be ({C3},), got {tuple(qkv_bias.shape)}")
+    if logit_scale is not None and logit_scale.numel() != num_heads:
+        raise ValueError(f"logit_scale must have one value per head ({num_heads}), "
+                         f"got {tuple(logit_scale.shape)}")
+    for name, t in (("rel_bias", rel_bias), ("qkv_bias", qkv_bias), ("logit_scale", logit_scale)):
+        if t is not None and t.device != qkv.device:
+            raise ValueError(f"{name} is on {t.device} but qkv is on {qkv.device}")
+
+
+def window_attention(qkv, H, W, num_heads, window_size, shift_size=0, *, rel_bias=None,
+                     qkv_bias=None, scale=None, logit_scale=None, roll_before_pad=False,
+                     attn_dropout=0.0, training=False):
+    """Shifted-window attention from the qkv Linear's output to the proj Linear's input.
+
+    qkv:        (B, H*W, 3*heads*head_dim), the qkv Linear applied to the unpadded tokens, any strides.
+    window_size, shift_size: int or (height, width); each shift in [0, window).
+    rel_bias:   (heads, N, N) added to the scores (relative position bias), or None.
+    qkv_bias:   (3*heads*head_dim,) the qkv Linear's bias: the q, k, v of a padded token. None = 0.
+    scale:      multiplies q.k (default head_dim ** -0.5); unused with logit_scale.
+    logit_scale: (heads,) cosine attention (Swin V2): normalize(q).normalize(k) * logit_scale[h].
+    roll_before_pad: False pads then rolls (article, torchvision); True rolls then pads (timm).
+    attn_dropout, training: dropout on the attention probabilities (runs the eager path).
+    Returns (B, H*W, heads*head_dim) in the natural token layout.
+    """
+    window, shift = _pair(window_size), _pair(shift_size)
+    _check_arguments(qkv, H, W, num_heads, window, shift, rel_bias, qkv_bias, logit_scale)
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    scale = head_dim ** -0.5 if scale is None else float(scale)
+    ok, why = (False, "attention dropout p > 0 in training is not fused") \
+        if attn_dropout > 0 and training else supports(qkv, window, num_heads)
+    if not ok:
+        fallback(why)
+        return window_attention_eager(
+            qkv, H, W, num_heads, window, shift, rel_bias=rel_bias, qkv_bias=qkv_bias,
+            scale=scale, logit_scale=logit_scale, roll_before_pad=roll_before_pad,
+            attn_dropout=attn_dropout, training=training)
+    out, _ = torch.ops.swin_fused.window_attention_fwd(
+        qkv, rel_bias, qkv_bias, logit_scale, H, W, num_heads, list(window), list(shift), scale,
+        roll_before_pad)
+    return out
+
+
+def _kernels():
+    # Triton is imported on first use, so `import swin_fused` works without it being usable
+    from swin_fused.kernels import window_attention as kernels
+    return kernels
+
+
+@torch.library.custom_op("swin_fused::window_attention_fwd", mutates_args=())
+def _fwd(qkv: torch.Tensor, rel_bias: Optional[torch.Tensor], qkv_bias: Optional[torch.Tensor],
+         logit_scale: Optional[torch.Tensor], H: int, W: int, num_heads: int, window: list[int],
+         shift: list[int], scale: float, roll_before_pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return _kernels().window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, H, W, num_heads,
+                                           window, shift, scale, roll_before_pad)
+
+
+def _n_windows(B, H, W, window):
+    return B * -(-H // window[0]) * -(-W // window[1])
+
+
+@_fwd.register_fake
+def _(qkv, rel_bias, qkv_bias, logit_scale, H, W, num_heads, window, shift, scale, roll_before_pad):
+    B, L, C3 = qkv.shape
+    out = qkv.new_empty(B, L, C3 // 3)
+    lse = qkv.new_empty(_n_windows(B, H, W, window), num_heads, window[0] * window[1],
+                        dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("swin_fused::window_attention_bwd", mutates_args=())
+def _bwd(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+         rel_bias: Optional[torch.Tensor], qkv_bias: Optional[torch.Tensor],
+         logit_scale: Optional[torch.Tensor], H: int, W: int, num_heads: int, window: list[int],
+         shift: list[int], scale: float, roll_before_pad: bool
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _kernels().window_attention_bwd(dout, qkv, out, lse, rel_bias, qkv_bias, logit_scale,
+                                           H, W, num_heads, window, shift, scale, roll_before_pad)
+
+
+@_bwd.register_fake
+def _(dout, qkv, out, lse, rel_bias, qkv_bias, logit_scale, H, W, num_heads, window, shift, scale,
+      roll_before_pad):
+    n = window[0] * window[1]
+    f32 = dict(dtype=torch.float32)
+    return (torch.empty_like(qkv), qkv.new_empty(num_heads, n, n, **f32),
+            qkv.new_empty(qkv.shape[-1], **f32), qkv.new_empty(num_heads, **f32))
+
+
+def _setup_context(ctx, inputs, output):
+    qkv, rel_bias, qkv_bias, logit_scale, *ctx.config = inputs
+    out, lse = output
+    ctx.save_for_backward(qkv, out, lse, rel_bias, qkv_bias, logit_scale)
+
+
+def _backward(ctx, dout, _dlse):
+    qkv, out, lse, rel_bias, qkv_bias, logit_scale = ctx.saved_tensors
+    dqkv, drel_bias, dqkv_bias, dlogit_scale = _bwd(
+        dout.contiguous(), qkv, out, lse, rel_bias, qkv_bias, logit_scale, *ctx.config)
+
+    def cast(grad, like):
+        return None if like is None else grad.to(like.dtype).view_as(like)
+    return (dqkv, cast(drel_bias, rel_bias), cast(dqkv_bias, qkv_bias),
+            cast(dlogit_scale, logit_scale)) + (None,) * len(ctx.config)
+
+
+_fwd.register_autograd(_backward, setup_context=_setup_context)

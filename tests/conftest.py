@@ -1,0 +1,14 @@
+"""Test setup: the real Triton kernels run everywhere, on a GPU or in Triton's interpreter.
+
+TRITON_INTERPRET must be set before triton is first imported, so it is set here, at collection.
+Strict mode makes any silent fallback to eager PyTorch an error.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("SWIN_FUSED_STRICT", "1")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
