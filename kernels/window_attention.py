@@ -1,0 +1,350 @@
+"""Triton kernels for shifted-window attention, read and written in the natural token layout.
+
+The padded, rolled, partitioned map ("the frame") exists only as index arithmetic: frame position
+(r, c) of window token t reads source token ((r + shift) % period) of the unpadded map, or a padded
+token whose q, k, v equal the qkv Linear's bias. With pad-then-roll (article, torchvision) the period
+is the padded size; with roll-then-pad (timm) it is the map size and frame rows past it are padding.
+The shift mask comes from frame coordinates, the relative position bias from a dense (heads, N, N)
+tensor; the N x N scores live in registers only. Windows larger than one tile run tiled, with an
+online softmax forward and flash-attention-2 style backward.
+"""
+import collections
+
+import torch
+import triton
+import triton.language as tl
+
+# launches per kernel, so tests can prove the fused path really ran
+LAUNCHES = collections.Counter()
+
+MAX_BLOCK = 64
+NORM_EPS = 1e-12  # F.normalize's eps: a zero key normalises to zero
+
+
+@triton.jit
+def _window_tokens(win, offs, H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w,
+                   period_h, period_w, lim_h, lim_w, WH: tl.constexpr, WW: tl.constexpr):
+    """Image, source token index, validity and shift-mask region of window tokens `offs`."""
+    image = win // n_win_img
+    wi = win % n_win_img
+    fr = (wi // n_win_w) * WH + offs // WW
+    fc = (wi % n_win_w) * WW + offs % WW
+    sr = (fr + shift_h) % period_h
+    sc = (fc + shift_w) % period_w
+    valid = (offs < WH * WW) & (fr < lim_h) & (fc < lim_w) & (sr < H) & (sc < W)
+    # regions (0, -w), (-w, -s), (-s, None) of the padded frame; a zero shift makes one region
+    label_h = tl.where(shift_h > 0, (fr >= Hp - WH).to(tl.int32) + (fr >= Hp - shift_h).to(tl.int32), 0)
+    label_w = tl.where(shift_w > 0, (fc >= Wp - WW).to(tl.int32) + (fc >= Wp - shift_w).to(tl.int32), 0)
+    return image, (sr * W + sc).to(tl.int64), valid, label_h * 3 + label_w
+
+
+@triton.jit
+def _load_rows(base, tok, valid, stride_l, col, offs_d, dmask, BIAS_PTR, HAS_QKV_BIAS: tl.constexpr):
+    """Rows of one head's q, k or v; padded tokens take the qkv bias (the Linear of a zero token)."""
+    x = tl.load(base + tok[:, None] * stride_l + col[None, :],
+                mask=valid[:, None] & dmask[None, :], other=0.0)
+    if HAS_QKV_BIAS:
+        fill = tl.load(BIAS_PTR + offs_d, mask=dmask, other=0.0).to(x.dtype)
+        x = tl.where(valid[:, None], x, fill[None, :])
+    return x
+
+
+@triton.jit
+def _normalize(x):
+    """F.normalize along rows in fp32: (x / max(|x|, eps), max(|x|, eps))."""
+    xf = x.to(tl.float32)
+    norm = tl.maximum(tl.sqrt(tl.sum(xf * xf, axis=1)), 1e-12)
+    return (xf / norm[:, None]).to(x.dtype), norm
+
+
+@triton.jit
+def _normalize_bwd(dy, y, norm):
+    """Gradient through y = x / max(|x|, eps): the tangential part over |x|, or dy / eps."""
+    yf = y.to(tl.float32)
+    radial = tl.where(norm > 1e-12, tl.sum(dy * yf, axis=1), 0.0)
+    return (dy - yf * radial[:, None]) / norm[:, None]
+
+
+@triton.jit
+def _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS,
+            N: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
+    """(raw q.k, scaled scores + bias + shift mask, -inf past the window's N tokens)."""
+    raw = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    s = raw * s_scale
+    if HAS_BIAS:
+        inside = (offs_m < N)[:, None] & (offs_n < N)[None, :]
+        s += tl.load(BIAS + head * N * N + offs_m[:, None] * N + offs_n[None, :], mask=inside,
+                     other=0.0).to(tl.float32)
+    s += tl.where(label_m[:, None] != label_n[None, :], -100.0, 0.0)
+    return raw, tl.where((offs_n < N)[None, :], s, float("-inf"))
+
+
+@triton.jit
+def _window_attn_fwd(
+    QKV, OUT, LSE, BIAS, QKV_BIAS, LOGIT_SCALE,
+    stride_qb, stride_ql, stride_qc,
+    H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w, lim_h, lim_w,
+    scale, n_heads, head_dim,
+    WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    N: tl.constexpr = WH * WW
+    win = tl.program_id(0)
+    head = tl.program_id(1)
+    offs_m = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < head_dim
+    C = n_heads * head_dim
+    geometry = (H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w, lim_h, lim_w)
+
+    image, tok_m, valid_m, label_m = _window_tokens(win, offs_m, *geometry, WH, WW)
+    base = QKV + image.to(tl.int64) * stride_qb
+    col = (head * head_dim + offs_d) * stride_qc
+    q = _load_rows(base, tok_m, valid_m, stride_ql, col, offs_d, dmask, QKV_BIAS, False)
+    s_scale = scale
+    if COSINE:
+        q, _ = _normalize(q)
+        s_scale = tl.load(LOGIT_SCALE + head).to(tl.float32)
+
+    m_i = tl.full([BLOCK], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    for start_n in tl.static_range(0, N, BLOCK):
+        offs_n = start_n + tl.arange(0, BLOCK)
+        _, tok_n, valid_n, label_n = _window_tokens(win, offs_n, *geometry, WH, WW)
+        k = _load_rows(base, tok_n, valid_n, stride_ql, col + C * stride_qc, offs_d, dmask,
+                       QKV_BIAS + C + head * head_dim, HAS_QKV_BIAS)
+        v = _load_rows(base, tok_n, valid_n, stride_ql, col + 2 * C * stride_qc, offs_d, dmask,
+                       QKV_BIAS + 2 * C + head * head_dim, HAS_QKV_BIAS)
+        if COSINE:
+            k, _ = _normalize(k)
+        _, s = _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS, N, HAS_BIAS,
+                       PRECISION)
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    out = acc / l_i[:, None]
+    out_rows = OUT + (image.to(tl.int64) * (H * W) + tok_m) * C
+    tl.store(out_rows[:, None] + head * head_dim + offs_d[None, :], out.to(OUT.dtype.element_ty),
+             mask=valid_m[:, None] & dmask[None, :])
+    lse_rows = LSE + (win.to(tl.int64) * n_heads + head) * N + offs_m
+    tl.store(lse_rows, m_i + tl.log(l_i), mask=offs_m < N)
+
+
+@triton.jit
+def _window_attn_bwd(
+    QKV, OUT, DOUT, LSE, DQKV, BIAS, QKV_BIAS, LOGIT_SCALE, DBIAS, DPAD, DSCALE,
+    stride_qb, stride_ql, stride_qc,
+    H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w, lim_h, lim_w,
+    scale, n_heads, head_dim, n_windows, windows_per_program,
+    WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Program (group, head, block): for each window of its group, dk and dv of key block `block`
+    and dq of query block `block`. The bias, padded-key and logit-scale gradients are summed over
+    the group's windows in registers and written once per program: no atomics across programs."""
+    N: tl.constexpr = WH * WW
+    NUM_BLOCKS: tl.constexpr = (N + BLOCK - 1) // BLOCK
+    group = tl.program_id(0)
+    head = tl.program_id(1)
+    blk = tl.program_id(2)
+    offs_b = blk * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < head_dim
+    C = n_heads * head_dim
+    geometry = (H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w, lim_h, lim_w)
+    col = (head * head_dim + offs_d) * stride_qc
+    qb_ptr = QKV_BIAS + head * head_dim
+    kb_ptr = QKV_BIAS + C + head * head_dim
+    vb_ptr = QKV_BIAS + 2 * C + head * head_dim
+    s_scale = scale
+    if COSINE:
+        s_scale = tl.load(LOGIT_SCALE + head).to(tl.float32)
+    part = group.to(tl.int64) * n_heads + head
+    dbias_rows = DBIAS + part * N * N
+
+    dbias_acc = tl.zeros([BLOCK, BLOCK], tl.float32)
+    dk_pad = tl.zeros([BLOCK_D], tl.float32)
+    dv_pad = tl.zeros([BLOCK_D], tl.float32)
+    dscale_acc = tl.zeros([BLOCK], tl.float32)
+    first = group * windows_per_program
+    for w in range(first, tl.minimum(first + windows_per_program, n_windows)):
+        win = tl.cast(w, tl.int64)  # the interpreter iterates Python ints
+        image, tok_n, valid_n, label_n = _window_tokens(win, offs_b, *geometry, WH, WW)
+        base = QKV + image.to(tl.int64) * stride_qb
+        obase = image.to(tl.int64) * (H * W) * C
+        k = _load_rows(base, tok_n, valid_n, stride_ql, col + C * stride_qc, offs_d, dmask,
+                       kb_ptr, HAS_QKV_BIAS)
+        v = _load_rows(base, tok_n, valid_n, stride_ql, col + 2 * C * stride_qc, offs_d, dmask,
+                       vb_ptr, HAS_QKV_BIAS)
+        if COSINE:
+            k_raw = k
+            k, k_norm = _normalize(k_raw)
+        dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+        dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+        # key block `blk` against every query block: dk, dv (and dq when there is one block)
+        for start_m in tl.static_range(0, N, BLOCK):
+            offs_m = start_m + tl.arange(0, BLOCK)
+            _, tok_m, valid_m, label_m = _window_tokens(win, offs_m, *geometry, WH, WW)
+            q = _load_rows(base, tok_m, valid_m, stride_ql, col, offs_d, dmask, qb_ptr, False)
+            if COSINE:
+                q_raw = q
+                q, q_norm = _normalize(q_raw)
+            rows = obase + tok_m[:, None] * C + head * head_dim + offs_d[None, :]
+            rmask = valid_m[:, None] & dmask[None, :]
+            do = tl.load(DOUT + rows, mask=rmask, other=0.0)
+            o = tl.load(OUT + rows, mask=rmask, other=0.0)
+            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+            lse = tl.load(LSE + (win.to(tl.int64) * n_heads + head) * N + offs_m,
+                          mask=offs_m < N, other=float("inf"))
+            raw, s = _scores(q, k, offs_m, offs_b, label_m, label_n, head, s_scale, BIAS, N,
+                             HAS_BIAS, PRECISION)
+            p = tl.exp(s - lse[:, None])
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            ds = p * (dp - delta[:, None])
+            if NUM_BLOCKS == 1:
+                dbias_acc += ds
+            else:
+                tl.atomic_add(dbias_rows + offs_m[:, None] * N + offs_b[None, :], ds,
+                              mask=(offs_m < N)[:, None] & (offs_b < N)[None, :])
+            if COSINE:
+                dscale_acc += tl.sum(ds * raw, axis=1)
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION) * s_scale
+            if NUM_BLOCKS == 1:
+                dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * s_scale
+                if COSINE:
+                    dq = _normalize_bwd(dq, q, q_norm)
+        if COSINE:
+            dk = _normalize_bwd(dk, k, k_norm)
+        rows = (image.to(tl.int64) * (H * W) + tok_n[:, None]) * 3 * C + head * head_dim + offs_d[None, :]
+        rmask = valid_n[:, None] & dmask[None, :]
+        tl.store(DQKV + rows + C, dk.to(DQKV.dtype.element_ty), mask=rmask)
+        tl.store(DQKV + rows + 2 * C, dv.to(DQKV.dtype.element_ty), mask=rmask)
+        pad = (~valid_n & (offs_b < N))[:, None]
+        dk_pad += tl.sum(tl.where(pad, dk, 0.0), axis=0)
+        dv_pad += tl.sum(tl.where(pad, dv, 0.0), axis=0)
+
+        if NUM_BLOCKS > 1:
+            # query block `blk` against every key block: dq
+            q = _load_rows(base, tok_n, valid_n, stride_ql, col, offs_d, dmask, qb_ptr, False)
+            if COSINE:
+                q_raw = q
+                q, q_norm = _normalize(q_raw)
+            orows = obase + tok_n[:, None] * C + head * head_dim + offs_d[None, :]
+            do = tl.load(DOUT + orows, mask=rmask, other=0.0)
+            o = tl.load(OUT + orows, mask=rmask, other=0.0)
+            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+            lse = tl.load(LSE + (win.to(tl.int64) * n_heads + head) * N + offs_b,
+                          mask=offs_b < N, other=float("inf"))
+            for start_n in tl.static_range(0, N, BLOCK):
+                offs_n = start_n + tl.arange(0, BLOCK)
+                _, tok_k, valid_k, label_k = _window_tokens(win, offs_n, *geometry, WH, WW)
+                kj = _load_rows(base, tok_k, valid_k, stride_ql, col + C * stride_qc, offs_d,
+                                dmask, kb_ptr, HAS_QKV_BIAS)
+                vj = _load_rows(base, tok_k, valid_k, stride_ql, col + 2 * C * stride_qc, offs_d,
+                                dmask, vb_ptr, HAS_QKV_BIAS)
+                if COSINE:
+                    kj, _ = _normalize(kj)
+                _, s = _scores(q, kj, offs_b, offs_n, label_n, label_k, head, s_scale, BIAS, N,
+                               HAS_BIAS, PRECISION)
+                p = tl.exp(s - lse[:, None])
+                dp = tl.dot(do, tl.trans(vj), input_precision=PRECISION)
+                ds = p * (dp - delta[:, None])
+                dq += tl.dot(ds.to(kj.dtype), kj, input_precision=PRECISION) * s_scale
+            if COSINE:
+                dq = _normalize_bwd(dq, q, q_norm)
+        tl.store(DQKV + rows, dq.to(DQKV.dtype.element_ty), mask=rmask)
+
+    if NUM_BLOCKS == 1:
+        inside = (offs_b < N)[:, None] & (offs_b < N)[None, :]
+        tl.store(dbias_rows + offs_b[:, None] * N + offs_b[None, :], dbias_acc, mask=inside)
+    pad_out = DPAD + ((part * NUM_BLOCKS + blk) * 2) * BLOCK_D + offs_d
+    tl.store(pad_out, dk_pad)
+    tl.store(pad_out + BLOCK_D, dv_pad)
+    tl.store(DSCALE + part * NUM_BLOCKS + blk, tl.sum(dscale_acc, axis=0))
+
+
+def _launch_config(qkv, H, W, num_heads, window, shift, roll_before_pad):
+    """Block sizes and the runtime geometry of the frame, shared by forward and backward."""
+    wh, ww = window
+    sh, sw = shift
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    hp, wp = -(-H // wh) * wh, -(-W // ww) * ww
+    n_win_w = wp // ww
+    n_win_img = (hp // wh) * n_win_w
+    period_h, period_w = (H, W) if roll_before_pad else (hp, wp)
+    geometry = (H, W, hp, wp, n_win_w, n_win_img, sh, sw, period_h, period_w, period_h, period_w)
+    block = min(MAX_BLOCK, max(16, triton.next_power_of_2(wh * ww)))
+    meta = dict(WH=wh, WW=ww, BLOCK=block, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+                PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32", num_warps=4)
+    return head_dim, qkv.shape[0] * n_win_img, geometry, meta
+
+
+def _optional(t, like):
+    # a null pointer stand-in for an absent tensor; the kernel never reads it
+    return t if t is not None else like
+
+
+def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, H, W, num_heads, window, shift,
+                         scale, roll_before_pad):
+    """Returns out (B, H*W, heads*head_dim) and the per-row log-sum-exp (windows, heads, N)."""
+    head_dim, n_windows, geometry, meta = _launch_config(qkv, H, W, num_heads, window, shift,
+                                                         roll_before_pad)
+    B, L, C3 = qkv.shape
+    n = window[0] * window[1]
+    out = qkv.new_empty(B, L, C3 // 3)
+    lse = qkv.new_empty(n_windows, num_heads, n, dtype=torch.float32)
+    rel_bias = rel_bias.contiguous() if rel_bias is not None else None
+    grid = (n_windows, num_heads, triton.cdiv(n, meta["BLOCK"]))
+    _window_attn_fwd[grid](
+        qkv, out, lse, _optional(rel_bias, lse), _optional(qkv_bias, lse),
+        _optional(logit_scale, lse), *qkv.stride(), *geometry, scale, num_heads, head_dim,
+        HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
+        COSINE=logit_scale is not None, **meta)
+    LAUNCHES["fwd"] += 1
+    return out, lse
+
+
+def _programs_wanted(device):
+    # enough programs for a few waves on a GPU; in the interpreter each program is a Python loop
+    if device.type != "cuda":
+        return 4
+    return 8 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def window_attention_bwd(dout, qkv, out, lse, rel_bias, qkv_bias, logit_scale, H, W, num_heads,
+                         window, shift, scale, roll_before_pad):
+    """Returns dqkv (qkv's shape, contiguous) and fp32 grads of rel_bias (heads, N, N), qkv_bias
+    (3*heads*head_dim,) from the padded keys and values, and logit_scale (heads,)."""
+    head_dim, n_windows, geometry, meta = _launch_config(qkv, H, W, num_heads, window, shift,
+                                                         roll_before_pad)
+    n = window[0] * window[1]
+    n_blocks = triton.cdiv(n, meta["BLOCK"])
+    groups = max(1, min(n_windows, _programs_wanted(qkv.device) // (num_heads * n_blocks)))
+    windows_per_program = triton.cdiv(n_windows, groups)
+    groups = triton.cdiv(n_windows, windows_per_program)
+    f32 = dict(dtype=torch.float32, device=qkv.device)
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    dbias = torch.zeros(groups, num_heads, n, n, **f32)
+    dpad = torch.empty(groups, num_heads, n_blocks, 2, meta["BLOCK_D"], **f32)
+    dscale = torch.empty(groups, num_heads, n_blocks, **f32)
+    rel_bias = rel_bias.contiguous() if rel_bias is not None else None
+    _window_attn_bwd[(groups, num_heads, n_blocks)](
+        qkv, out, dout, lse, dqkv, _optional(rel_bias, lse), _optional(qkv_bias, lse),
+        _optional(logit_scale, lse), dbias, dpad, dscale, *qkv.stride(), *geometry, scale,
+        num_heads, head_dim, n_windows, windows_per_program,
+        HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
+        COSINE=logit_scale is not None, **meta)
+    LAUNCHES["bwd"] += 1
+    dpad = dpad[..., :head_dim].sum(dim=(0, 2))  # (heads, 2, head_dim)
+    dqkv_bias = torch.cat([torch.zeros_like(dpad[:, 0]).flatten(), dpad[:, 0].flatten(),
+                           dpad[:, 1].flatten()])
+    return dqkv, dbias.sum(0), dqkv_bias, dscale.sum(dim=(0, 2))
