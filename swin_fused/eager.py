@@ -66,7 +66,8 @@ def window_attention_eager(qkv, H, W, num_heads, window_size, shift_size=0, *, r
         mask = mask.masked_fill(labels[:, None, :] != labels[:, :, None], -100.0)
         n_windows = mask.shape[0]
         attn = (attn.view(-1, n_windows, heads, n, n) + mask[None, :, None]).view(-1, heads, n, n)
-    attn = F.dropout(attn.softmax(dim=-1), attn_dropout, training)
+    # an fp32 bias promotes half scores to fp32; P @ V runs in the values' dtype, as under autocast
+    attn = F.dropout(attn.softmax(dim=-1), attn_dropout, training).to(v.dtype)
     out = (attn @ v).transpose(1, 2).reshape(-1, n, heads * hd)
 
     out = out.view(B, hp // wh, wp // ww, wh, ww, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, hp, wp, -1)

@@ -19,7 +19,6 @@ def unsupported(block):
 
 
 def fused(self, x, attn_mask=None):
-    b, _, c = x.shape
     attn = self.attn
     shortcut = x
     qkv = attn.qkv(self.norm1(x))

@@ -1,0 +1,151 @@
+"""A patched reference model against its unpatched self: outputs, every gradient, and proof the
+eager attention path is gone."""
+import copy
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import swin_fused
+from swin_fused import reference as R
+from tests.conftest import DEVICE
+from tests.helpers import assert_close, kernel_launches
+
+FP32_RTOL = 1e-5
+
+
+def randomized(model):
+    """Non-zero qkv biases and bias tables, so padded keys and the position bias matter."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("qkv.bias") or name.endswith("relative_position_bias_table"):
+                p.normal_(0, 0.5)
+    return model.to(DEVICE)
+
+
+def compare(model, x, rtol=FP32_RTOL):
+    """Patched vs unpatched: the output and the gradient of every parameter."""
+    fused = swin_fused.patch(copy.deepcopy(model))
+    with kernel_launches() as launches:
+        out = fused(x)
+        out.square().sum().backward()
+    expected = model(x)
+    expected.square().sum().backward()
+    n_blocks = sum(isinstance(m, R.SwinTransformerBlock) for m in model.modules())
+    assert launches == {"fwd": n_blocks, "bwd": n_blocks}
+    assert_close(out, expected, rtol, "output")
+    for (name, p), q in zip(fused.named_parameters(), model.parameters()):
+        assert_close(p.grad, q.grad, rtol, f"grad of {name}")
+
+
+def test_swin_cifar_matches_unpatched():
+    model = randomized(R.swin_cifar(patch_size=2, n_classes=10, mlp_ratio=1))
+    compare(model, torch.randn(2, 3, 32, 32, device=DEVICE))
+
+
+def test_small_swin_non_divisible_non_square_input():
+    # head dim 24, window 5: maps 22x18 -> 11x9 -> 6x5, padded and shifted, the last under one window
+    model = randomized(R.SwinTransformer(patch_size=2, n_classes=5, embed_dim=48, depths=(2, 2, 2),
+                                         n_heads=(2, 4, 8), window_size=5, mlp_ratio=1.5))
+    compare(model, torch.randn(2, 3, 44, 36, device=DEVICE))
+
+
+class OpLog(TorchDispatchMode):
+    """Records every aten op and the element count of every tensor it returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.numels = set(), set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops.add(func.overloadpacket.__name__)
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.numels.add(t.numel())
+        return out
+
+
+def test_patched_forward_runs_no_eager_attention_ops():
+    model = randomized(R.swin_cifar(patch_size=2, n_classes=10, mlp_ratio=1, hidden_dim=48,
+                                    heads=(1, 2, 4)))
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    with OpLog() as eager_log:
+        model(x)
+    swin_fused.patch(model)
+    with OpLog() as fused_log:
+        model(x)
+    eager_attention_ops = {"roll", "_softmax", "softmax", "constant_pad_nd", "bmm"}
+    assert eager_attention_ops & eager_log.ops, "the probe must see the eager path's ops"
+    assert not eager_attention_ops & fused_log.ops
+    scores = 2 * 9 * 1 * 49 * 49  # B * nW * heads * N * N of stage 1 (16x16 padded to 21x21)
+    assert scores in eager_log.numels and scores not in fused_log.numels
+    assert "window_attention_fwd" in fused_log.ops
+
+
+def test_op_saves_only_qkv_output_and_row_sized_tensors():
+    B, H, W, heads, hd, n = 2, 10, 13, 3, 32, 49
+    qkv = torch.randn(B, H * W, 3 * heads * hd, device=DEVICE, requires_grad=True)
+    rel_bias = torch.randn(heads, n, n, device=DEVICE, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t,
+                                                  lambda t: t):
+        swin_fused.window_attention(qkv, H, W, heads, 7, 3, rel_bias=rel_bias)
+    n_windows = B * 2 * 2
+    allowed = {qkv.numel(), qkv.numel() // 3, n_windows * heads * n, rel_bias.numel()}
+    assert saved and set(saved) <= allowed, (saved, allowed)
+
+
+def test_patch_keeps_parameters_and_state_dict_and_is_undoable():
+    model = R.swin_cifar(patch_size=2, n_classes=10, mlp_ratio=1, hidden_dim=24, heads=(1, 2, 4))
+    params = dict(model.named_parameters())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert swin_fused.patch(model) is model
+    assert swin_fused.patch(model) is model  # idempotent
+    assert swin_fused.patching.patched_count(model) == 10
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert swin_fused.unpatch(model) is model
+    assert swin_fused.patching.patched_count(model) == 0
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_patch_reports_how_many_layers_it_fused(caplog):
+    model = R.swin_cifar(patch_size=2, n_classes=10, mlp_ratio=1, hidden_dim=24, heads=(1, 2, 4))
+    with caplog.at_level("INFO", logger="swin_fused"):
+        swin_fused.patch(model)
+    assert "fused 10 attention layers of SwinTransformer" in caplog.text
+
+
+def test_patch_without_swin_blocks_names_the_model():
+    with pytest.raises(ValueError, match="no shifted-window attention to fuse in Sequential"):
+        swin_fused.patch(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_attention_dropout_in_training_is_never_silently_dropped():
+    model = R.swin_cifar(patch_size=2, n_classes=10, mlp_ratio=1, hidden_dim=24, heads=(1, 2, 4),
+                         attn_dropout=0.1).to(DEVICE)
+    swin_fused.patch(model)
+    with pytest.raises(swin_fused.FallbackError, match="attention dropout"):
+        model(torch.randn(1, 3, 32, 32, device=DEVICE))
+    model.eval()
+    with kernel_launches() as launches:
+        model(torch.randn(1, 3, 32, 32, device=DEVICE))
+    assert launches["fwd"] == 10
+
+
+def test_compile_fullgraph_has_no_graph_break():
+    model = randomized(R.swin_cifar(patch_size=2, n_classes=10, mlp_ratio=1, hidden_dim=24,
+                                    layers=(2,), heads=(1,)))
+    x = torch.randn(1, 3, 16, 16, device=DEVICE)
+    expected = model(x)
+    swin_fused.patch(model)
+    backend = "inductor" if DEVICE == "cuda" else "aot_eager"
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
+    with kernel_launches() as launches:
+        out = compiled(x)
+        out.sum().backward()
+    assert launches == {"fwd": 2, "bwd": 2}
+    assert_close(out, expected, FP32_RTOL, "compiled output")
