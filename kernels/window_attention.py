@@ -18,7 +18,6 @@ import triton.language as tl
 LAUNCHES = collections.Counter()
 
 MAX_BLOCK = 64
-NORM_EPS = 1e-12  # F.normalize's eps: a zero key normalises to zero
 
 
 @triton.jit
@@ -51,7 +50,7 @@ def _load_rows(base, tok, valid, stride_l, col, offs_d, dmask, BIAS_PTR, HAS_QKV
 
 @triton.jit
 def _normalize(x):
-    """F.normalize along rows in fp32: (x / max(|x|, eps), max(|x|, eps))."""
+    """F.normalize along rows, in fp32 with its eps 1e-12 (a zero key stays zero): (y, max(|x|, eps))."""
     xf = x.to(tl.float32)
     norm = tl.maximum(tl.sqrt(tl.sum(xf * xf, axis=1)), 1e-12)
     return (xf / norm[:, None]).to(x.dtype), norm
@@ -184,8 +183,7 @@ def _window_attn_bwd(
         v = _load_rows(base, tok_n, valid_n, stride_ql, col + 2 * C * stride_qc, offs_d, dmask,
                        vb_ptr, HAS_QKV_BIAS)
         if COSINE:
-            k_raw = k
-            k, k_norm = _normalize(k_raw)
+            k, k_norm = _normalize(k)
         dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
         dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
@@ -195,8 +193,7 @@ def _window_attn_bwd(
             _, tok_m, valid_m, label_m = _window_tokens(win, offs_m, *geometry, WH, WW)
             q = _load_rows(base, tok_m, valid_m, stride_ql, col, offs_d, dmask, qb_ptr, False)
             if COSINE:
-                q_raw = q
-                q, q_norm = _normalize(q_raw)
+                q, q_norm = _normalize(q)
             rows = obase + tok_m[:, None] * C + head * head_dim + offs_d[None, :]
             rmask = valid_m[:, None] & dmask[None, :]
             do = tl.load(DOUT + rows, mask=rmask, other=0.0)
@@ -236,8 +233,7 @@ def _window_attn_bwd(
             # query block `blk` against every key block: dq
             q = _load_rows(base, tok_n, valid_n, stride_ql, col, offs_d, dmask, qb_ptr, False)
             if COSINE:
-                q_raw = q
-                q, q_norm = _normalize(q_raw)
+                q, q_norm = _normalize(q)
             orows = obase + tok_n[:, None] * C + head * head_dim + offs_d[None, :]
             do = tl.load(DOUT + orows, mask=rmask, other=0.0)
             o = tl.load(OUT + orows, mask=rmask, other=0.0)

@@ -1,14 +1,86 @@
-"""timm's Swin models: not yet fused (see the families issue)."""
-METHOD = "forward"
+"""timm's Swin models (swin_*, swinv2_*): fuse SwinTransformerBlock._attn / SwinTransformerV2Block._attn.
+
+`_attn` takes norm1's (V1) or the block input's (V2) (B, H, W, C) map and does roll, pad, partition,
+attention, reverse, crop and roll back; the fused `_attn` runs qkv -> window_attention -> proj on
+the natural token layout. timm rolls the unpadded map before padding it, and its window and shift
+are the block's own attributes (clamped to the resolution unless always_partition, recomputed by
+set_input_size), read on every call. The shift mask is the same whether the block keeps a static
+mask or builds it per input (dynamic_mask). V1 allows head_dim != dim / heads; V2 has cosine
+attention, a 16*sigmoid(cpb_mlp) position bias and a qkv bias made of q_bias, a zero k_bias
+buffer and v_bias.
+
+timm is optional: nothing here imports it.
+"""
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from swin_fused.ops import MAX_HEAD_DIM, MAX_WINDOW_TOKENS, window_attention
+
+METHOD = "_attn"
+V1 = "timm.models.swin_transformer"
+V2 = "timm.models.swin_transformer_v2"
+
+
+def _block_classes():
+    # a model can hold timm's Swin blocks only once their module has been imported
+    classes = []
+    if V1 in sys.modules:
+        classes.append(sys.modules[V1].SwinTransformerBlock)
+    if V2 in sys.modules:
+        classes.append(sys.modules[V2].SwinTransformerV2Block)
+    return tuple(classes)
 
 
 def targets(model):
-    return []
+    classes = _block_classes()
+    if not classes:
+        return []
+    return [m for m in model.modules() if isinstance(m, classes)]
 
 
-def unsupported(module):
+def unsupported(block):
+    wh, ww = block.window_size
+    if any(not 0 <= s < w for s, w in zip(block.shift_size, block.window_size)):
+        return f"shift {tuple(block.shift_size)} is not within [0, window {tuple(block.window_size)})"
+    if wh * ww > MAX_WINDOW_TOKENS:
+        return f"window {wh}x{ww} has more than {MAX_WINDOW_TOKENS} tokens"
+    head_dim = block.attn.qkv.out_features // (3 * block.attn.num_heads)
+    if head_dim > MAX_HEAD_DIM:
+        return f"head dim {head_dim} is over {MAX_HEAD_DIM}"
     return None
 
 
-def fused(self, *args, **kwargs):
-    raise NotImplementedError
+def _cosine_inputs(attn):
+    """V2: the effective qkv bias, the clamped and exp'ed logit scale and the dense position bias."""
+    qkv_bias = None
+    if attn.q_bias is not None:
+        qkv_bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+    logit_scale = attn.logit_scale.clamp(max=math.log(1. / 0.01)).exp().flatten()
+    n = attn.window_size[0] * attn.window_size[1]
+    table = attn.cpb_mlp(attn.relative_coords_table).view(-1, attn.num_heads)
+    rel_bias = table[attn.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+    return qkv_bias, logit_scale, 16 * torch.sigmoid(rel_bias.contiguous())
+
+
+def fused(self, x):
+    B, H, W, C = x.shape
+    attn = self.attn
+    v2 = sys.modules.get(V2)
+    if v2 is not None and isinstance(self, v2.SwinTransformerV2Block):
+        qkv_bias, logit_scale, rel_bias = _cosine_inputs(attn)
+        scale = None
+        qkv = F.linear(x, attn.qkv.weight, qkv_bias)
+    else:
+        qkv_bias, logit_scale = attn.qkv.bias, None
+        rel_bias, scale = attn._get_rel_pos_bias()[0], attn.scale
+        qkv = attn.qkv(x)
+    y = window_attention(
+        qkv.reshape(B, H * W, -1), H, W, attn.num_heads, tuple(self.window_size),
+        tuple(self.shift_size), rel_bias=rel_bias, qkv_bias=qkv_bias, scale=scale,
+        logit_scale=logit_scale, roll_before_pad=True, attn_dropout=attn.attn_drop.p,
+        training=attn.training)
+    y = attn.proj_drop(attn.proj(y))
+    return y.view(B, H, W, -1)
