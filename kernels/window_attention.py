@@ -17,12 +17,15 @@ import triton.language as tl
 # launches per kernel, so tests can prove the fused path really ran
 LAUNCHES = collections.Counter()
 
+# launch settings; benchmarks/profile_kernels.py sweeps them on a GPU
 MAX_BLOCK = 64
+NUM_WARPS = 4
+BWD_PROGRAMS_PER_SM = 8
 
 
 @triton.jit
 def _window_tokens(win, offs, H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w,
-                   period_h, period_w, lim_h, lim_w, WH: tl.constexpr, WW: tl.constexpr):
+                   period_h, period_w, WH: tl.constexpr, WW: tl.constexpr):
     """Image, source token index, validity and shift-mask region of window tokens `offs`."""
     image = win // n_win_img
     wi = win % n_win_img
@@ -30,7 +33,7 @@ def _window_tokens(win, offs, H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w
     fc = (wi % n_win_w) * WW + offs % WW
     sr = (fr + shift_h) % period_h
     sc = (fc + shift_w) % period_w
-    valid = (offs < WH * WW) & (fr < lim_h) & (fc < lim_w) & (sr < H) & (sc < W)
+    valid = (offs < WH * WW) & (fr < period_h) & (fc < period_w) & (sr < H) & (sc < W)
     # regions (0, -w), (-w, -s), (-s, None) of the padded frame; a zero shift makes one region
     label_h = tl.where(shift_h > 0, (fr >= Hp - WH).to(tl.int32) + (fr >= Hp - shift_h).to(tl.int32), 0)
     label_w = tl.where(shift_w > 0, (fc >= Wp - WW).to(tl.int32) + (fc >= Wp - shift_w).to(tl.int32), 0)
@@ -78,11 +81,15 @@ def _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS,
     return raw, tl.where((offs_n < N)[None, :], s, float("-inf"))
 
 
-@triton.jit
+# a new input size or shift reuses the compiled kernel
+GEOMETRY_ARGS = ["H", "W", "Hp", "Wp", "n_win_w", "n_win_img", "shift_h", "shift_w", "period_h", "period_w"]
+
+
+@triton.jit(do_not_specialize=GEOMETRY_ARGS)
 def _window_attn_fwd(
     QKV, OUT, LSE, BIAS, QKV_BIAS, LOGIT_SCALE,
     stride_qb, stride_ql, stride_qc,
-    H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w, lim_h, lim_w,
+    H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w,
     scale, n_heads, head_dim,
     WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr,
@@ -95,7 +102,7 @@ def _window_attn_fwd(
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < head_dim
     C = n_heads * head_dim
-    geometry = (H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w, lim_h, lim_w)
+    geometry = (H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w)
 
     image, tok_m, valid_m, label_m = _window_tokens(win, offs_m, *geometry, WH, WW)
     base = QKV + image.to(tl.int64) * stride_qb
@@ -135,11 +142,11 @@ def _window_attn_fwd(
     tl.store(lse_rows, m_i + tl.log(l_i), mask=offs_m < N)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows", "windows_per_program"])
 def _window_attn_bwd(
     QKV, OUT, DOUT, LSE, DQKV, BIAS, QKV_BIAS, LOGIT_SCALE, DBIAS, DPAD, DSCALE,
     stride_qb, stride_ql, stride_qc,
-    H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w, lim_h, lim_w,
+    H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w,
     scale, n_heads, head_dim, n_windows, windows_per_program,
     WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr,
@@ -157,7 +164,7 @@ def _window_attn_bwd(
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < head_dim
     C = n_heads * head_dim
-    geometry = (H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w, lim_h, lim_w)
+    geometry = (H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w)
     col = (head * head_dim + offs_d) * stride_qc
     qb_ptr = QKV_BIAS + head * head_dim
     kb_ptr = QKV_BIAS + C + head * head_dim
@@ -277,10 +284,10 @@ def _launch_config(qkv, H, W, num_heads, window, shift, roll_before_pad):
     n_win_w = wp // ww
     n_win_img = (hp // wh) * n_win_w
     period_h, period_w = (H, W) if roll_before_pad else (hp, wp)
-    geometry = (H, W, hp, wp, n_win_w, n_win_img, sh, sw, period_h, period_w, period_h, period_w)
+    geometry = (H, W, hp, wp, n_win_w, n_win_img, sh, sw, period_h, period_w)
     block = min(MAX_BLOCK, max(16, triton.next_power_of_2(wh * ww)))
     meta = dict(WH=wh, WW=ww, BLOCK=block, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-                PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32", num_warps=4)
+                PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32", num_warps=NUM_WARPS)
     return head_dim, qkv.shape[0] * n_win_img, geometry, meta
 
 
@@ -313,7 +320,7 @@ def _programs_wanted(device):
     # enough programs for a few waves on a GPU; in the interpreter each program is a Python loop
     if device.type != "cuda":
         return 4
-    return 8 * torch.cuda.get_device_properties(device).multi_processor_count
+    return BWD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def window_attention_bwd(dout, qkv, out, lse, rel_bias, qkv_bias, logit_scale, H, W, num_heads,

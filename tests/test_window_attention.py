@@ -12,6 +12,8 @@ from tests.helpers import ON_GPU, assert_close, kernel_launches
 
 # max error over the reference's max magnitude, per dtype, against a float64 reference
 FP32_RTOL = 1e-5
+# the logit-scale gradient is one sum of N*N*windows terms that largely cancel
+FP32_RTOL_LOGIT_SCALE = 1e-4
 # fp16/bf16: at most this many times the error of eager PyTorch in the same dtype, plus a floor
 HALF_ERROR_RATIO = 2.0
 
@@ -44,8 +46,9 @@ def make_inputs(B, H, W, heads, head_dim, window, shift, qkv_bias, cosine, roll_
     qkv = rand(B, H * W, 3 * c).to(dtype)
     params = dict(rel_bias=rand(heads, n, n), qkv_bias=rand(3 * c) if qkv_bias else None,
                   logit_scale=rand(heads).abs() * 5 + 1 if cosine else None)
-    return qkv, params, dict(H=H, W=W, num_heads=heads, window_size=window, shift_size=shift,
-                             roll_before_pad=roll_before_pad)
+    config = dict(H=H, W=W, num_heads=heads, window_size=window, shift_size=shift,
+                  roll_before_pad=roll_before_pad)
+    return qkv, params, config, rand(B, H * W, c)
 
 
 def run(fn, qkv, params, config, dout):
@@ -70,15 +73,15 @@ GRAD_NAMES = ["out", "dqkv", "drel_bias", "dqkv_bias", "dlogit_scale"]
 
 @pytest.mark.parametrize("case", CASES)
 def test_fp32_matches_eager(case):
-    qkv, params, config = make_inputs(*CASES[case])
-    dout = torch.randn(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3, device=DEVICE)
+    qkv, params, config, dout = make_inputs(*CASES[case])
     with kernel_launches() as launches:
         got = run(swin_fused.window_attention, qkv, params, config, dout)
     assert launches == {"fwd": 1, "bwd": 1}
     expected = reference(qkv, params, config, dout)
     names = [n for n, p in zip(GRAD_NAMES, [1, 1] + list(params.values())) if p is not None]
     for name, a, e in zip(names, got, expected):
-        assert_close(a, e, FP32_RTOL, f"{case} {name}")
+        rtol = FP32_RTOL_LOGIT_SCALE if name == "dlogit_scale" else FP32_RTOL
+        assert_close(a, e, rtol, f"{case} {name}")
 
 
 def _relative_error(a, ref):
@@ -92,8 +95,7 @@ def _relative_error(a, ref):
 ])
 @pytest.mark.parametrize("case", ["pad-shift", "cosine-roll-before-pad-rect", "tiled-window-9x9"])
 def test_half_precision_error_within_twice_eager(case, dtype):
-    qkv, params, config = make_inputs(*CASES[case], dtype=dtype)
-    dout = torch.randn(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3, device=DEVICE)
+    qkv, params, config, dout = make_inputs(*CASES[case], dtype=dtype)
     got = run(swin_fused.window_attention, qkv, params, config, dout)
     eager = run(window_attention_eager, qkv, params, config, dout)
     expected = reference(qkv, params, config, dout)
@@ -106,8 +108,7 @@ def test_half_precision_error_within_twice_eager(case, dtype):
 
 @pytest.mark.skipif(not ON_GPU, reason="autocast to bf16 needs a GPU (the interpreter's bf16 dot)")
 def test_autocast_bf16_matches_eager():
-    qkv, params, config = make_inputs(*CASES["pad-shift"])
-    dout = torch.randn(qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3, device=DEVICE)
+    qkv, params, config, dout = make_inputs(*CASES["pad-shift"])
     with torch.autocast("cuda", dtype=torch.bfloat16):
         got = run(swin_fused.window_attention, qkv.bfloat16(), params, config, dout)
     expected = reference(qkv.bfloat16(), params, config, dout)
@@ -116,7 +117,7 @@ def test_autocast_bf16_matches_eager():
 
 
 def test_forward_is_deterministic():
-    qkv, params, config = make_inputs(*CASES["pad-shift"])
+    qkv, params, config, _ = make_inputs(*CASES["pad-shift"])
     first = swin_fused.window_attention(qkv, **config, **params)
     second = swin_fused.window_attention(qkv, **config, **params)
     assert torch.equal(first, second)
@@ -139,7 +140,7 @@ def test_strided_qkv_and_offsets_past_int32():
 
 
 def test_opcheck():
-    qkv, params, config = make_inputs(*CASES["cosine-roll-before-pad-rect"])
+    qkv, params, config, _ = make_inputs(*CASES["cosine-roll-before-pad-rect"])
     args = (qkv.requires_grad_(), params["rel_bias"].requires_grad_(), params["qkv_bias"],
             params["logit_scale"], config["H"], config["W"], config["num_heads"],
             list(config["window_size"]), list(config["shift_size"]), 0.25, True)
@@ -158,7 +159,7 @@ def test_opcheck():
     (dict(logit_scale=torch.zeros(2)), "one value per head"),
 ])
 def test_bad_input_raises_clear_error(bad, message):
-    qkv, params, config = make_inputs(*CASES["pad-shift"])
+    qkv, params, config, _ = make_inputs(*CASES["pad-shift"])
     kwargs = {**config, **params, "logit_scale": None, **bad}
     with pytest.raises(ValueError, match=message):
         swin_fused.window_attention(qkv, **kwargs)
@@ -170,7 +171,7 @@ def test_qkv_must_be_3d():
 
 
 def _fallback_cases():
-    qkv, params, config = make_inputs(*CASES["pad-shift"])
+    qkv, params, config, _ = make_inputs(*CASES["pad-shift"])
     return {
         "float64": (qkv.double(), dict(config, **params), "dtype torch.float64"),
         "dropout": (qkv, dict(config, **params, attn_dropout=0.5, training=True),
