@@ -68,6 +68,21 @@ def _normalize_bwd(dy, y, norm):
 
 
 @triton.jit
+def _load_stats(STATS, win, head, n_heads, offs, N: tl.constexpr):
+    """Row max and 1 / row sum of the forward's softmax; rows past N get p = 0."""
+    stats = STATS + (win.to(tl.int64) * n_heads + head) * 2 * N + offs
+    row_max = tl.load(stats, mask=offs < N, other=float("inf"))
+    return row_max, 1.0 / tl.load(stats + N, mask=offs < N, other=1.0)
+
+
+@triton.jit
+def _row_delta(OUT, rows, rmask, do):
+    """sum_j P_ij dP_ij for a row split over blocks, as dO_i . O_i."""
+    o = tl.load(OUT + rows, mask=rmask, other=0.0)
+    return tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+
+
+@triton.jit
 def _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS,
             N: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
     """(raw q.k, scaled scores + bias + shift mask, -inf past the window's N tokens)."""
@@ -87,7 +102,7 @@ GEOMETRY_ARGS = ["H", "W", "Hp", "Wp", "n_win_w", "n_win_img", "shift_h", "shift
 
 @triton.jit(do_not_specialize=GEOMETRY_ARGS)
 def _window_attn_fwd(
-    QKV, OUT, LSE, BIAS, QKV_BIAS, LOGIT_SCALE,
+    QKV, OUT, STATS, BIAS, QKV_BIAS, LOGIT_SCALE,
     stride_qb, stride_ql, stride_qc,
     H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w,
     scale, n_heads, head_dim,
@@ -138,13 +153,15 @@ def _window_attn_fwd(
     out_rows = OUT + (image.to(tl.int64) * (H * W) + tok_m) * C
     tl.store(out_rows[:, None] + head * head_dim + offs_d[None, :], out.to(OUT.dtype.element_ty),
              mask=valid_m[:, None] & dmask[None, :])
-    lse_rows = LSE + (win.to(tl.int64) * n_heads + head) * N + offs_m
-    tl.store(lse_rows, m_i + tl.log(l_i), mask=offs_m < N)
+    # the row max and sum, not max + log(sum): that rounds away precision at large scores
+    stats = STATS + (win.to(tl.int64) * n_heads + head) * 2 * N + offs_m
+    tl.store(stats, m_i, mask=offs_m < N)
+    tl.store(stats + N, l_i, mask=offs_m < N)
 
 
 @triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows", "windows_per_program"])
 def _window_attn_bwd(
-    QKV, OUT, DOUT, LSE, DQKV, BIAS, QKV_BIAS, LOGIT_SCALE, DBIAS, DPAD, DSCALE,
+    QKV, OUT, DOUT, STATS, DQKV, BIAS, QKV_BIAS, LOGIT_SCALE, DBIAS, DPAD, DSCALE,
     stride_qb, stride_ql, stride_qc,
     H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w,
     scale, n_heads, head_dim, n_windows, windows_per_program,
@@ -204,15 +221,17 @@ def _window_attn_bwd(
             rows = obase + tok_m[:, None] * C + head * head_dim + offs_d[None, :]
             rmask = valid_m[:, None] & dmask[None, :]
             do = tl.load(DOUT + rows, mask=rmask, other=0.0)
-            o = tl.load(OUT + rows, mask=rmask, other=0.0)
-            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
-            lse = tl.load(LSE + (win.to(tl.int64) * n_heads + head) * N + offs_m,
-                          mask=offs_m < N, other=float("inf"))
+            row_max, inv_sum = _load_stats(STATS, win, head, n_heads, offs_m, N)
             raw, s = _scores(q, k, offs_m, offs_b, label_m, label_n, head, s_scale, BIAS, N,
                              HAS_BIAS, PRECISION)
-            p = tl.exp(s - lse[:, None])
+            p = tl.exp(s - row_max[:, None]) * inv_sum[:, None]
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+            if NUM_BLOCKS == 1:
+                # the whole row is here: sum(P * dP) as eager's softmax backward, and out is not read
+                delta = tl.sum(p * dp, axis=1)
+            else:
+                delta = _row_delta(OUT, rows, rmask, do)
             ds = p * (dp - delta[:, None])
             if NUM_BLOCKS == 1:
                 dbias_acc += ds
@@ -243,10 +262,8 @@ def _window_attn_bwd(
                 q, q_norm = _normalize(q)
             orows = obase + tok_n[:, None] * C + head * head_dim + offs_d[None, :]
             do = tl.load(DOUT + orows, mask=rmask, other=0.0)
-            o = tl.load(OUT + orows, mask=rmask, other=0.0)
-            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
-            lse = tl.load(LSE + (win.to(tl.int64) * n_heads + head) * N + offs_b,
-                          mask=offs_b < N, other=float("inf"))
+            delta = _row_delta(OUT, orows, rmask, do)
+            row_max, inv_sum = _load_stats(STATS, win, head, n_heads, offs_b, N)
             for start_n in tl.static_range(0, N, BLOCK):
                 offs_n = start_n + tl.arange(0, BLOCK)
                 _, tok_k, valid_k, label_k = _window_tokens(win, offs_n, *geometry, WH, WW)
@@ -258,7 +275,7 @@ def _window_attn_bwd(
                     kj, _ = _normalize(kj)
                 _, s = _scores(q, kj, offs_b, offs_n, label_n, label_k, head, s_scale, BIAS, N,
                                HAS_BIAS, PRECISION)
-                p = tl.exp(s - lse[:, None])
+                p = tl.exp(s - row_max[:, None]) * inv_sum[:, None]
                 dp = tl.dot(do, tl.trans(vj), input_precision=PRECISION)
                 ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(kj.dtype), kj, input_precision=PRECISION) * s_scale
@@ -298,22 +315,23 @@ def _optional(t, like):
 
 def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, H, W, num_heads, window, shift,
                          scale, roll_before_pad):
-    """Returns out (B, H*W, heads*head_dim) and the per-row log-sum-exp (windows, heads, N)."""
+    """Returns out (B, H*W, heads*head_dim) and the softmax's per-row max and sum
+    (windows, heads, 2, N), which is all the backward keeps besides qkv and out."""
     head_dim, n_windows, geometry, meta = _launch_config(qkv, H, W, num_heads, window, shift,
                                                          roll_before_pad)
     B, L, C3 = qkv.shape
     n = window[0] * window[1]
     out = qkv.new_empty(B, L, C3 // 3)
-    lse = qkv.new_empty(n_windows, num_heads, n, dtype=torch.float32)
+    stats = qkv.new_empty(n_windows, num_heads, 2, n, dtype=torch.float32)
     rel_bias = rel_bias.contiguous() if rel_bias is not None else None
     grid = (n_windows, num_heads, triton.cdiv(n, meta["BLOCK"]))
     _window_attn_fwd[grid](
-        qkv, out, lse, _optional(rel_bias, lse), _optional(qkv_bias, lse),
-        _optional(logit_scale, lse), *qkv.stride(), *geometry, scale, num_heads, head_dim,
+        qkv, out, stats, _optional(rel_bias, stats), _optional(qkv_bias, stats),
+        _optional(logit_scale, stats), *qkv.stride(), *geometry, scale, num_heads, head_dim,
         HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
         COSINE=logit_scale is not None, **meta)
     LAUNCHES["fwd"] += 1
-    return out, lse
+    return out, stats
 
 
 def _programs_wanted(device):
@@ -323,7 +341,7 @@ def _programs_wanted(device):
     return BWD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def window_attention_bwd(dout, qkv, out, lse, rel_bias, qkv_bias, logit_scale, H, W, num_heads,
+def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, H, W, num_heads,
                          window, shift, scale, roll_before_pad):
     """Returns dqkv (qkv's shape, contiguous) and fp32 grads of rel_bias (heads, N, N), qkv_bias
     (3*heads*head_dim,) from the padded keys and values, and logit_scale (heads,)."""
@@ -341,8 +359,8 @@ def window_attention_bwd(dout, qkv, out, lse, rel_bias, qkv_bias, logit_scale, H
     dscale = torch.empty(groups, num_heads, n_blocks, **f32)
     rel_bias = rel_bias.contiguous() if rel_bias is not None else None
     _window_attn_bwd[(groups, num_heads, n_blocks)](
-        qkv, out, dout, lse, dqkv, _optional(rel_bias, lse), _optional(qkv_bias, lse),
-        _optional(logit_scale, lse), dbias, dpad, dscale, *qkv.stride(), *geometry, scale,
+        qkv, out, dout, stats, dqkv, _optional(rel_bias, stats), _optional(qkv_bias, stats),
+        _optional(logit_scale, stats), dbias, dpad, dscale, *qkv.stride(), *geometry, scale,
         num_heads, head_dim, n_windows, windows_per_program,
         HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
         COSINE=logit_scale is not None, **meta)

@@ -138,23 +138,23 @@ def _n_windows(B, H, W, window):
 def _(qkv, rel_bias, qkv_bias, logit_scale, H, W, num_heads, window, shift, scale, roll_before_pad):
     B, L, C3 = qkv.shape
     out = qkv.new_empty(B, L, C3 // 3)
-    lse = qkv.new_empty(_n_windows(B, H, W, window), num_heads, window[0] * window[1],
-                        dtype=torch.float32)
-    return out, lse
+    stats = qkv.new_empty(_n_windows(B, H, W, window), num_heads, 2, window[0] * window[1],
+                          dtype=torch.float32)
+    return out, stats
 
 
 @torch.library.custom_op("swin_fused::window_attention_bwd", mutates_args=())
-def _bwd(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+def _bwd(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, stats: torch.Tensor,
          rel_bias: Optional[torch.Tensor], qkv_bias: Optional[torch.Tensor],
          logit_scale: Optional[torch.Tensor], H: int, W: int, num_heads: int, window: list[int],
          shift: list[int], scale: float, roll_before_pad: bool
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _kernels().window_attention_bwd(dout, qkv, out, lse, rel_bias, qkv_bias, logit_scale,
+    return _kernels().window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
                                            H, W, num_heads, window, shift, scale, roll_before_pad)
 
 
 @_bwd.register_fake
-def _(dout, qkv, out, lse, rel_bias, qkv_bias, logit_scale, H, W, num_heads, window, shift, scale,
+def _(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, H, W, num_heads, window, shift, scale,
       roll_before_pad):
     n = window[0] * window[1]
     f32 = dict(dtype=torch.float32)
@@ -164,14 +164,14 @@ def _(dout, qkv, out, lse, rel_bias, qkv_bias, logit_scale, H, W, num_heads, win
 
 def _setup_context(ctx, inputs, output):
     qkv, rel_bias, qkv_bias, logit_scale, *ctx.config = inputs
-    out, lse = output
-    ctx.save_for_backward(qkv, out, lse, rel_bias, qkv_bias, logit_scale)
+    out, stats = output
+    ctx.save_for_backward(qkv, out, stats, rel_bias, qkv_bias, logit_scale)
 
 
-def _backward(ctx, dout, _dlse):
-    qkv, out, lse, rel_bias, qkv_bias, logit_scale = ctx.saved_tensors
+def _backward(ctx, dout, _dstats):
+    qkv, out, stats, rel_bias, qkv_bias, logit_scale = ctx.saved_tensors
     dqkv, drel_bias, dqkv_bias, dlogit_scale = _bwd(
-        dout.contiguous(), qkv, out, lse, rel_bias, qkv_bias, logit_scale, *ctx.config)
+        dout.contiguous(), qkv, out, stats, rel_bias, qkv_bias, logit_scale, *ctx.config)
 
     def cast(grad, like):
         return None if like is None else grad.to(like.dtype).view_as(like)
