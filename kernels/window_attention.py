@@ -11,16 +11,20 @@ online softmax forward and flash-attention-2 style backward.
 import collections
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 # launches per kernel, so tests can prove the fused path really ran
 LAUNCHES = collections.Counter()
 
-# launch settings; benchmarks/profile_kernels.py sweeps them on a GPU
+# Launch settings. 8 warps, not 4: ptxas (sm_90, bf16, head dim 32) gives the forward 126 registers
+# and no spills instead of 217, and the backward half the spills; unmeasured on a GPU since.
 MAX_BLOCK = 64
-NUM_WARPS = 4
+NUM_WARPS = 8
 BWD_PROGRAMS_PER_SM = 8
+# fp32 tiles pipelined three deep overflow shared memory in the backward (215 KB at head dim 64)
+BWD_NUM_STAGES = {torch.float32: 1, torch.float16: 3, torch.bfloat16: 3}
 
 
 @triton.jit
@@ -84,14 +88,13 @@ def _row_delta(OUT, rows, rmask, do):
 
 @triton.jit
 def _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS,
-            N: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
+            N: tl.constexpr, NP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
     """(raw q.k, scaled scores + bias + shift mask, -inf past the window's N tokens)."""
     raw = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     s = raw * s_scale
     if HAS_BIAS:
-        inside = (offs_m < N)[:, None] & (offs_n < N)[None, :]
-        s += tl.load(BIAS + head * N * N + offs_m[:, None] * N + offs_n[None, :], mask=inside,
-                     other=0.0).to(tl.float32)
+        # padded to whole tiles by the launcher: contiguous rows, no mask
+        s += tl.load(BIAS + head * NP * NP + offs_m[:, None] * NP + offs_n[None, :])
     s += tl.where(label_m[:, None] != label_n[None, :], -100.0, 0.0)
     return raw, tl.where((offs_n < N)[None, :], s, float("-inf"))
 
@@ -111,6 +114,7 @@ def _window_attn_fwd(
     PRECISION: tl.constexpr,
 ):
     N: tl.constexpr = WH * WW
+    NP: tl.constexpr = (N + BLOCK - 1) // BLOCK * BLOCK
     win = tl.program_id(0)
     head = tl.program_id(1)
     offs_m = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
@@ -140,7 +144,7 @@ def _window_attn_fwd(
                        QKV_BIAS + 2 * C + head * head_dim, HAS_QKV_BIAS)
         if COSINE:
             k, _ = _normalize(k)
-        _, s = _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS, N, HAS_BIAS,
+        _, s = _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS, N, NP, HAS_BIAS,
                        PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
@@ -174,6 +178,7 @@ def _window_attn_bwd(
     the group's windows in registers and written once per program: no atomics across programs."""
     N: tl.constexpr = WH * WW
     NUM_BLOCKS: tl.constexpr = (N + BLOCK - 1) // BLOCK
+    NP: tl.constexpr = NUM_BLOCKS * BLOCK
     group = tl.program_id(0)
     head = tl.program_id(1)
     blk = tl.program_id(2)
@@ -190,7 +195,7 @@ def _window_attn_bwd(
     if COSINE:
         s_scale = tl.load(LOGIT_SCALE + head).to(tl.float32)
     part = group.to(tl.int64) * n_heads + head
-    dbias_rows = DBIAS + part * N * N
+    dbias_rows = DBIAS + part * NP * NP
 
     dbias_acc = tl.zeros([BLOCK, BLOCK], tl.float32)
     dk_pad = tl.zeros([BLOCK_D], tl.float32)
@@ -222,7 +227,7 @@ def _window_attn_bwd(
             rmask = valid_m[:, None] & dmask[None, :]
             do = tl.load(DOUT + rows, mask=rmask, other=0.0)
             row_max, inv_sum = _load_stats(STATS, win, head, n_heads, offs_m, N)
-            raw, s = _scores(q, k, offs_m, offs_b, label_m, label_n, head, s_scale, BIAS, N,
+            raw, s = _scores(q, k, offs_m, offs_b, label_m, label_n, head, s_scale, BIAS, N, NP,
                              HAS_BIAS, PRECISION)
             p = tl.exp(s - row_max[:, None]) * inv_sum[:, None]
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
@@ -236,8 +241,7 @@ def _window_attn_bwd(
             if NUM_BLOCKS == 1:
                 dbias_acc += ds
             else:
-                tl.atomic_add(dbias_rows + offs_m[:, None] * N + offs_b[None, :], ds,
-                              mask=(offs_m < N)[:, None] & (offs_b < N)[None, :])
+                tl.atomic_add(dbias_rows + offs_m[:, None] * NP + offs_b[None, :], ds)
             if COSINE:
                 dscale_acc += tl.sum(ds * raw, axis=1)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION) * s_scale
@@ -274,7 +278,7 @@ def _window_attn_bwd(
                 if COSINE:
                     kj, _ = _normalize(kj)
                 _, s = _scores(q, kj, offs_b, offs_n, label_n, label_k, head, s_scale, BIAS, N,
-                               HAS_BIAS, PRECISION)
+                               NP, HAS_BIAS, PRECISION)
                 p = tl.exp(s - row_max[:, None]) * inv_sum[:, None]
                 dp = tl.dot(do, tl.trans(vj), input_precision=PRECISION)
                 ds = p * (dp - delta[:, None])
@@ -284,8 +288,7 @@ def _window_attn_bwd(
         tl.store(DQKV + rows, dq.to(DQKV.dtype.element_ty), mask=rmask)
 
     if NUM_BLOCKS == 1:
-        inside = (offs_b < N)[:, None] & (offs_b < N)[None, :]
-        tl.store(dbias_rows + offs_b[:, None] * N + offs_b[None, :], dbias_acc, mask=inside)
+        tl.store(dbias_rows + offs_b[:, None] * NP + offs_b[None, :], dbias_acc)
     pad_out = DPAD + ((part * NUM_BLOCKS + blk) * 2) * BLOCK_D + offs_d
     tl.store(pad_out, dk_pad)
     tl.store(pad_out + BLOCK_D, dv_pad)
@@ -308,6 +311,12 @@ def _launch_config(qkv, H, W, num_heads, window, shift, roll_before_pad):
     return head_dim, qkv.shape[0] * n_win_img, geometry, meta
 
 
+def _bias_tiles(rel_bias, n_padded):
+    # fp32 and padded to whole tiles, so the kernels read it without masks
+    n = rel_bias.shape[-1]
+    return F.pad(rel_bias.float(), (0, n_padded - n, 0, n_padded - n)).contiguous()
+
+
 def _optional(t, like):
     # a null pointer stand-in for an absent tensor; the kernel never reads it
     return t if t is not None else like
@@ -323,8 +332,9 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, H, W, num_heads, 
     n = window[0] * window[1]
     out = qkv.new_empty(B, L, C3 // 3)
     stats = qkv.new_empty(n_windows, num_heads, 2, n, dtype=torch.float32)
-    rel_bias = rel_bias.contiguous() if rel_bias is not None else None
-    grid = (n_windows, num_heads, triton.cdiv(n, meta["BLOCK"]))
+    n_blocks = triton.cdiv(n, meta["BLOCK"])
+    rel_bias = _bias_tiles(rel_bias, n_blocks * meta["BLOCK"]) if rel_bias is not None else None
+    grid = (n_windows, num_heads, n_blocks)
     _window_attn_fwd[grid](
         qkv, out, stats, _optional(rel_bias, stats), _optional(qkv_bias, stats),
         _optional(logit_scale, stats), *qkv.stride(), *geometry, scale, num_heads, head_dim,
@@ -354,18 +364,19 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
     groups = triton.cdiv(n_windows, windows_per_program)
     f32 = dict(dtype=torch.float32, device=qkv.device)
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
-    dbias = torch.zeros(groups, num_heads, n, n, **f32)
+    n_padded = n_blocks * meta["BLOCK"]
+    dbias = torch.zeros(groups, num_heads, n_padded, n_padded, **f32)
     dpad = torch.empty(groups, num_heads, n_blocks, 2, meta["BLOCK_D"], **f32)
     dscale = torch.empty(groups, num_heads, n_blocks, **f32)
-    rel_bias = rel_bias.contiguous() if rel_bias is not None else None
+    rel_bias = _bias_tiles(rel_bias, n_padded) if rel_bias is not None else None
     _window_attn_bwd[(groups, num_heads, n_blocks)](
         qkv, out, dout, stats, dqkv, _optional(rel_bias, stats), _optional(qkv_bias, stats),
         _optional(logit_scale, stats), dbias, dpad, dscale, *qkv.stride(), *geometry, scale,
         num_heads, head_dim, n_windows, windows_per_program,
         HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
-        COSINE=logit_scale is not None, **meta)
+        COSINE=logit_scale is not None, num_stages=BWD_NUM_STAGES[qkv.dtype], **meta)
     LAUNCHES["bwd"] += 1
     dpad = dpad[..., :head_dim].sum(dim=(0, 2))  # (heads, 2, head_dim)
     dqkv_bias = torch.cat([torch.zeros_like(dpad[:, 0]).flatten(), dpad[:, 0].flatten(),
                            dpad[:, 1].flatten()])
-    return dqkv, dbias.sum(0), dqkv_bias, dscale.sum(dim=(0, 2))
+    return dqkv, dbias.sum(0)[:, :n, :n], dqkv_bias, dscale.sum(dim=(0, 2))

@@ -15,7 +15,7 @@ import torch
 from swin_fused.eager import _pair, window_attention_eager
 
 MAX_WINDOW_TOKENS = 1024
-MAX_HEAD_DIM = 256
+MAX_HEAD_DIM = 128  # fp32 tiles of 256 overflow shared memory
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 

@@ -26,6 +26,8 @@ CASES = {
     "rect-window-axis-shift": (1, 6, 11, 2, 24, (3, 5), (0, 2), True, False, False),
     "head-dim-24-no-bias": (1, 9, 9, 3, 24, (5, 5), (2, 2), False, False, False),
     "head-dim-64-no-shift": (3, 5, 8, 1, 64, (4, 4), (0, 0), True, False, False),
+    "head-dim-128": (1, 6, 5, 2, 128, (4, 4), (2, 2), True, False, False),
+    "head-dim-16": (1, 9, 7, 3, 16, (7, 7), (3, 3), True, False, False),
     "tiled-window-9x9": (1, 11, 10, 1, 16, (9, 9), (4, 4), True, False, False),
     "roll-before-pad": (2, 10, 13, 3, 32, (7, 7), (3, 3), True, False, True),
     "cosine": (1, 10, 13, 3, 32, (7, 7), (3, 3), True, True, False),
@@ -178,10 +180,12 @@ def _fallback_cases():
                     "attention dropout"),
         "huge-window": (torch.zeros(1, 33 * 33, 6, device=DEVICE),
                         dict(H=33, W=33, num_heads=1, window_size=33), "more than 1024 tokens"),
+        "huge-head-dim": (torch.zeros(1, 4, 3 * 160, device=DEVICE),
+                          dict(H=2, W=2, num_heads=1, window_size=2), "head dim 160 is over 128"),
     }
 
 
-@pytest.mark.parametrize("case", ["float64", "dropout", "huge-window"])
+@pytest.mark.parametrize("case", ["float64", "dropout", "huge-window", "huge-head-dim"])
 def test_fallbacks_raise_in_strict_mode(case):
     qkv, kwargs, reason = _fallback_cases()[case]
     with pytest.raises(swin_fused.FallbackError, match=reason):
