@@ -379,4 +379,4 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
     dpad = dpad[..., :head_dim].sum(dim=(0, 2))  # (heads, 2, head_dim)
     dqkv_bias = torch.cat([torch.zeros_like(dpad[:, 0]).flatten(), dpad[:, 0].flatten(),
                            dpad[:, 1].flatten()])
-    return dqkv, dbias.sum(0)[:, :n, :n], dqkv_bias, dscale.sum(dim=(0, 2))
+    return dqkv, dbias.sum(0)[:, :n, :n].contiguous(), dqkv_bias, dscale.sum(dim=(0, 2))
