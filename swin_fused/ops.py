@@ -39,16 +39,25 @@ def fallback(reason):
         warnings.warn(f"swin_fused: {reason}; running eager PyTorch", stacklevel=3)
 
 
+def layer_unsupported(window_size, shift_size, head_dim):
+    """Why the kernels cannot serve a layer of this configuration, or None."""
+    window, shift = _pair(window_size), _pair(shift_size)
+    if any(not 0 <= s < w for s, w in zip(shift, window)):
+        return f"shift {shift} is not within [0, window {window})"
+    if window[0] * window[1] > MAX_WINDOW_TOKENS:
+        return f"window {window[0]}x{window[1]} has more than {MAX_WINDOW_TOKENS} tokens"
+    if head_dim > MAX_HEAD_DIM:
+        return f"head dim {head_dim} is over {MAX_HEAD_DIM}"
+    return None
+
+
 def supports(qkv, window_size, num_heads):
     """(ok, why): whether the Triton kernels can run this input."""
-    wh, ww = _pair(window_size)
     if qkv.dtype not in KERNEL_DTYPES:
         return False, f"dtype {qkv.dtype} is not one of float16, bfloat16, float32"
-    if wh * ww > MAX_WINDOW_TOKENS:
-        return False, f"window {wh}x{ww} has more than {MAX_WINDOW_TOKENS} tokens"
-    head_dim = qkv.shape[-1] // (3 * num_heads)
-    if head_dim > MAX_HEAD_DIM:
-        return False, f"head dim {head_dim} is over {MAX_HEAD_DIM}"
+    why = layer_unsupported(window_size, 0, qkv.shape[-1] // (3 * num_heads))
+    if why:
+        return False, why
     if qkv.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return False, "CPU tensors run the Triton kernels only with TRITON_INTERPRET=1"
     if qkv.device.type not in ("cpu", "cuda"):

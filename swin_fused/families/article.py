@@ -5,7 +5,7 @@ pad, roll, partition, mask, reverse and crop of the eager block are gone, and so
 BasicLayer's mask tensor.
 """
 from swin_fused import reference
-from swin_fused.ops import window_attention
+from swin_fused.ops import layer_unsupported, window_attention
 
 METHOD = "forward"
 
@@ -15,7 +15,7 @@ def targets(model):
 
 
 def unsupported(block):
-    return None
+    return layer_unsupported(block.window_size, block.shift_size, block.dim // block.n_heads)
 
 
 def fused(self, x, attn_mask=None):

@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from swin_fused.ops import MAX_HEAD_DIM, MAX_WINDOW_TOKENS, window_attention
+from swin_fused.ops import layer_unsupported, window_attention
 
 METHOD = "_attn"
 V1 = "timm.models.swin_transformer"
@@ -42,15 +42,8 @@ def targets(model):
 
 
 def unsupported(block):
-    wh, ww = block.window_size
-    if any(not 0 <= s < w for s, w in zip(block.shift_size, block.window_size)):
-        return f"shift {tuple(block.shift_size)} is not within [0, window {tuple(block.window_size)})"
-    if wh * ww > MAX_WINDOW_TOKENS:
-        return f"window {wh}x{ww} has more than {MAX_WINDOW_TOKENS} tokens"
     head_dim = block.attn.qkv.out_features // (3 * block.attn.num_heads)
-    if head_dim > MAX_HEAD_DIM:
-        return f"head dim {head_dim} is over {MAX_HEAD_DIM}"
-    return None
+    return layer_unsupported(block.window_size, block.shift_size, head_dim)
 
 
 def _cosine_inputs(attn):

@@ -12,7 +12,7 @@ import sys
 
 import torch.nn.functional as F
 
-from swin_fused.ops import MAX_HEAD_DIM, MAX_WINDOW_TOKENS, window_attention
+from swin_fused.ops import layer_unsupported, window_attention
 
 METHOD = "forward"
 MODULE = "torchvision.models.swin_transformer"
@@ -27,15 +27,8 @@ def targets(model):
 
 
 def unsupported(attn):
-    wh, ww = attn.window_size
-    if any(not 0 <= s < w for s, w in zip(attn.shift_size, attn.window_size)):
-        return f"shift {list(attn.shift_size)} is not within [0, window {list(attn.window_size)})"
-    if wh * ww > MAX_WINDOW_TOKENS:
-        return f"window {wh}x{ww} has more than {MAX_WINDOW_TOKENS} tokens"
     head_dim = attn.qkv.out_features // (3 * attn.num_heads)
-    if head_dim > MAX_HEAD_DIM:
-        return f"head dim {head_dim} is over {MAX_HEAD_DIM}"
-    return None
+    return layer_unsupported(attn.window_size, attn.shift_size, head_dim)
 
 
 def fused(self, x):
