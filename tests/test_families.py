@@ -1,0 +1,299 @@
+"""`swin_fused.patch` on torchvision's and timm's Swin models, V1 and V2, against the unpatched model.
+
+Tiny models with random non-zero biases (relative position tables, qkv biases including the parts
+V2 zeroes, logit scales on both sides of the clamp, post-norm weights), at input sizes where the
+first stage pads and shifts and a later stage's window covers its whole map.
+"""
+import copy
+import inspect
+import math
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import swin_fused
+from swin_fused import patching
+from swin_fused.eager import window_attention_eager
+from swin_fused.families import timm as timm_family
+from swin_fused.families import torchvision as torchvision_family
+from tests.conftest import DEVICE
+from tests.helpers import ON_GPU, assert_close, kernel_launches
+
+# fp32: max error over the float64 result's max magnitude
+FP32_RTOL = 1e-5
+EAGER_ERROR_RATIO = 2.0
+# fp16/bf16: at most this many times the error of the unpatched model in the same dtype, plus a floor
+HALF_ERROR_RATIO = 2.0
+HALF_FLOOR = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+# eager shuffles the fused attention path must not run
+EAGER_SHUFFLES = {"aten.roll", "aten.softmax", "aten._softmax", "aten.constant_pad_nd", "aten.bmm"}
+
+
+def torchvision_v1():
+    from torchvision.models import swin_transformer as tv
+    # rectangular window: the 9x11 map pads to 10x14 and shifts (2, 3); stage 2 (5x6) is one window
+    return tv.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[1, 2],
+                              window_size=[5, 7], stochastic_depth_prob=0.0, num_classes=10)
+
+
+def torchvision_v2():
+    from torchvision.models import swin_transformer as tv
+    return tv.SwinTransformer(patch_size=[4, 4], embed_dim=32, depths=[2, 2], num_heads=[2, 2],
+                              window_size=[7, 7], stochastic_depth_prob=0.0, num_classes=10,
+                              block=tv.SwinTransformerBlockV2, downsample_layer=tv.PatchMergingV2)
+
+
+def _timm(module, cls, **kwargs):
+    swin = pytest.importorskip(module)
+    import timm
+    model_cls = getattr(swin, cls)
+    if "strict_img_size" in kwargs and \
+            "strict_img_size" not in inspect.signature(model_cls.__init__).parameters:
+        pytest.skip(f"timm {timm.__version__}'s {cls} has no strict_img_size")
+    try:
+        return model_cls(img_size=(36, 44), patch_size=4, depths=(2, 2), drop_path_rate=0.0,
+                         num_classes=10, **kwargs)
+    except RuntimeError as e:
+        # older timm builds a static shift mask over the unpadded map, which fails to partition
+        pytest.skip(f"timm {timm.__version__} cannot build {cls}(**{kwargs}): {e}")
+
+
+def timm_v1():
+    # head_dim 16 != dim / heads (24, 24): qkv is 3 * heads * 16 wide
+    return _timm("timm.models.swin_transformer", "SwinTransformer", embed_dim=24, head_dim=16,
+                 num_heads=(1, 2), window_size=7)
+
+
+def timm_v1_dynamic():
+    # always_partition keeps window 7 and shift 3 on maps smaller than the window (3x4 in stage 2)
+    return _timm("timm.models.swin_transformer", "SwinTransformer", embed_dim=16,
+                 num_heads=(1, 2), window_size=7, always_partition=True, strict_img_size=False)
+
+
+def timm_v2():
+    return _timm("timm.models.swin_transformer_v2", "SwinTransformerV2", embed_dim=32,
+                 num_heads=(2, 2), window_size=7)
+
+
+def timm_v2_dynamic():
+    return _timm("timm.models.swin_transformer_v2", "SwinTransformerV2", embed_dim=16,
+                 num_heads=(1, 1), window_size=(5, 7), always_partition=True, strict_img_size=False)
+
+
+# name: (factory, input sizes); each first size pads and shifts in stage 1
+MODELS = {
+    "torchvision-v1": (torchvision_v1, [(36, 44), (24, 20)]),
+    "torchvision-v2": (torchvision_v2, [(36, 44), (16, 16)]),
+    "timm-v1": (timm_v1, [(36, 44)]),
+    "timm-v1-dynamic": (timm_v1_dynamic, [(20, 28)]),
+    "timm-v2": (timm_v2, [(36, 44)]),
+    "timm-v2-dynamic": (timm_v2_dynamic, [(20, 28)]),
+}
+CASES = [(name, size) for name, (_, sizes) in MODELS.items() for size in sizes]
+
+
+def build(name, dtype=torch.float32):
+    """The named model with random non-zero biases and norm weights, in eval mode, on DEVICE."""
+    torch.manual_seed(0)
+    model = MODELS[name][0]()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "relative_position_bias_table" in pname:
+                p.normal_(0.0, 1.0)
+            elif pname.endswith(("qkv.bias", "q_bias", "v_bias")):
+                p.normal_(0.0, 0.5)
+            elif "logit_scale" in pname:
+                # from exp(0) to past the clamp at log(100) = 4.6
+                p.copy_(torch.linspace(0.0, 5.0, p.numel()).view_as(p))
+            elif "norm" in pname and pname.endswith("weight"):
+                # timm V2 starts its post-norms at zero, which would hide the attention branch
+                p.normal_(1.0, 0.2)
+    return model.to(DEVICE, dtype).eval()
+
+
+def run(model, x, dout):
+    """Output, input gradient and every parameter gradient for the output gradient dout."""
+    model.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    out = model(x)
+    out.backward(dout)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), x.grad, grads
+
+
+def inputs(size, dtype=torch.float32, batch=2):
+    gen = torch.Generator().manual_seed(size[0] * 100 + size[1])
+    x = torch.randn(batch, 3, *size, generator=gen).to(DEVICE, dtype)
+    dout = torch.randn(batch, 10, generator=gen).to(DEVICE, dtype)
+    return x, dout
+
+
+def assert_as_close_as_eager(actual, eager, exact, name):
+    """Within FP32_RTOL of the float64 result, or within EAGER_ERROR_RATIO x the fp32 eager error
+    where that is larger (gradients that are sums with heavy cancellation, such as logit_scale's)."""
+    eager_error = (eager.double() - exact).abs().max() / exact.abs().max().clamp_min(1e-6)
+    assert_close(actual, exact, max(FP32_RTOL, EAGER_ERROR_RATIO * float(eager_error)), name)
+
+
+@pytest.mark.parametrize("name,size", CASES, ids=[f"{n}-{h}x{w}" for n, (h, w) in CASES])
+def test_patched_matches_unpatched(name, size):
+    reference = build(name)
+    model = swin_fused.patch(copy.deepcopy(reference))
+    x, dout = inputs(size)
+    with kernel_launches() as launches:
+        out, dx, grads = run(model, x, dout)
+    assert launches["fwd"] > 0 and launches["bwd"] > 0, f"the Triton kernels did not run: {launches}"
+    eager = run(reference, x, dout)
+    exact = run(copy.deepcopy(reference).double(), x.double(), dout.double())
+    assert_as_close_as_eager(out, eager[0], exact[0], "output")
+    assert_as_close_as_eager(dx, eager[1], exact[1], "input grad")
+    assert grads.keys() == exact[2].keys()
+    for pname, grad in exact[2].items():
+        assert_as_close_as_eager(grads[pname], eager[2][pname], grad, f"grad of {pname}")
+
+
+class _OpsInside(TorchDispatchMode):
+    """Records the aten ops run while inside one of `modules`' forward calls."""
+
+    def __init__(self, modules):
+        super().__init__()
+        self.seen, self.depth = set(), 0
+        self.handles = []
+        for m in modules:
+            self.handles.append(m.register_forward_pre_hook(lambda *_: self._enter(1)))
+            self.handles.append(m.register_forward_hook(lambda *_: self._enter(-1)))
+
+    def _enter(self, step):
+        self.depth += step
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.depth:
+            self.seen.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        return super().__exit__(*exc)
+
+
+def _ops_in_targets(model, family, x):
+    # torchvision's targets are the attention modules, timm's the blocks (norm1, _attn, mlp)
+    with torch.no_grad(), _OpsInside(family.targets(model)) as mode:
+        model(x)
+    return mode.seen
+
+
+@pytest.mark.parametrize("name", ["torchvision-v1", "torchvision-v2", "timm-v1", "timm-v2"])
+def test_patched_forward_runs_no_eager_shuffles(name):
+    family = torchvision_family if name.startswith("torchvision") else timm_family
+    model = build(name)
+    x, _ = inputs(MODELS[name][1][0], batch=1)
+    eager_ops = _ops_in_targets(model, family, x)
+    assert "aten.roll" in eager_ops, "the recorder saw no roll in the unpatched model"
+    fused_ops = _ops_in_targets(swin_fused.patch(model), family, x)
+    assert "swin_fused.window_attention_fwd" in fused_ops
+    assert not fused_ops & EAGER_SHUFFLES, f"patched forward ran {sorted(fused_ops & EAGER_SHUFFLES)}"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_patch_in_place_idempotent_and_undone(name):
+    family = torchvision_family if name.startswith("torchvision") else timm_family
+    model = build(name)
+    params = {n: p for n, p in model.named_parameters()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    n_targets = len(family.targets(model))
+    assert n_targets == 4
+
+    assert swin_fused.patch(model) is model
+    assert patching.patched_count(model) == n_targets
+    bound = [m.__dict__[family.METHOD] for m in family.targets(model)]
+    swin_fused.patch(model)
+    assert [m.__dict__[family.METHOD] for m in family.targets(model)] == bound
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+    assert swin_fused.unpatch(model) is model
+    assert patching.patched_count(model) == 0
+    assert all(family.METHOD not in m.__dict__ for m in family.targets(model))
+    assert all(p is params[n] for n, p in model.named_parameters())
+
+
+def test_patch_without_swin_raises_naming_the_class():
+    with pytest.raises(ValueError, match="Sequential"):
+        swin_fused.patch(nn.Sequential(nn.Linear(2, 2)))
+
+
+def test_patch_imports_no_model_family():
+    code = ("import sys, torch, swin_fused\n"
+            "try:\n    swin_fused.patch(torch.nn.Sequential(torch.nn.Linear(2, 2)))\n"
+            "except ValueError:\n    pass\n"
+            "for name in ('timm', 'torchvision.models.swin_transformer'):\n"
+            "    assert name not in sys.modules, f'swin_fused imported {name}'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unsupported_module_keeps_its_forward(monkeypatch):
+    from torchvision.models import swin_transformer as tv
+    attn = tv.ShiftedWindowAttention(16, window_size=[33, 33], shift_size=[0, 0], num_heads=1)
+    assert "more than" in torchvision_family.unsupported(attn)
+    with pytest.raises(swin_fused.FallbackError, match="ShiftedWindowAttention keeps its own"):
+        swin_fused.patch(attn)
+    monkeypatch.setenv("SWIN_FUSED_STRICT", "0")
+    with pytest.warns(UserWarning, match="keeps its own forward"):
+        swin_fused.patch(nn.Sequential(attn))
+    assert patching.patched_count(attn) == 0
+
+
+@pytest.mark.parametrize("name", ["torchvision-v2", "timm-v1-dynamic"])
+def test_dtype_change_after_patching(name, monkeypatch):
+    """`.double()` after `patch` keeps the fused path: float64 runs the op's eager fallback."""
+    monkeypatch.setenv("SWIN_FUSED_STRICT", "0")
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return window_attention_eager(*args, **kwargs)
+    monkeypatch.setattr(swin_fused.ops, "window_attention_eager", counted)
+    reference = build(name, torch.float64)
+    model = swin_fused.patch(build(name)).double()
+    x, dout = inputs(MODELS[name][1][0], torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out, dx, grads = run(model, x, dout)
+    assert len(calls) == 4
+    ref_out, ref_dx, ref_grads = run(reference, x, dout)
+    assert_close(out, ref_out, 1e-10, "output")
+    assert_close(dx, ref_dx, 1e-10, "input grad")
+    for pname, grad in ref_grads.items():
+        assert_close(grads[pname], grad, 1e-10, f"grad of {pname}")
+
+
+@pytest.mark.skipif(not ON_GPU, reason="fp16/bf16 kernels are checked on a GPU only "
+                                       "(the interpreter's bf16 tl.dot is not exact)")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("cast_after_patch", [False, True], ids=["cast-then-patch", "patch-then-cast"])
+def test_half_precision(name, dtype, cast_after_patch):
+    reference = build(name)
+    half_reference = build(name, dtype)
+    model = swin_fused.patch(build(name)).to(dtype) if cast_after_patch \
+        else swin_fused.patch(build(name, dtype))
+    x, dout = inputs(MODELS[name][1][0])
+    ref_out, _, _ = run(reference, x, dout)
+    with kernel_launches() as launches:
+        out, _, _ = run(model, x.to(dtype), dout.to(dtype))
+    assert launches["fwd"] > 0 and launches["bwd"] > 0
+    half_out, _, _ = run(half_reference, x.to(dtype), dout.to(dtype))
+    eager_error = (half_out.double() - ref_out.double()).abs().max().item()
+    scale = ref_out.abs().max().item()
+    # the unpatched torchvision V2 can overflow in fp16 where the fused op does not
+    eager_rtol = HALF_ERROR_RATIO * eager_error / scale if math.isfinite(eager_error) else 0.0
+    rtol = max(eager_rtol, HALF_FLOOR[dtype])
+    assert_close(out, ref_out, rtol, f"{dtype} output")
