@@ -1,0 +1,5 @@
+import sys
+
+from swin_fused.cifar.cli import main
+
+sys.exit(main())
