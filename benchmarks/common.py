@@ -1,0 +1,290 @@
+"""What every benchmark shares: the model factory, the input factories, the op shapes and byte
+count, the agreement check and the timing helper.
+
+Speed is measured on a GPU only. On a CPU the fused kernels would run in Triton's interpreter, so
+only plain-PyTorch baselines run there, labelled as such.
+Environment: QUICK=1 fewer rounds and cases; BENCH_COMPILE=0 no torch.compile cases.
+"""
+import functools
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+QUICK = os.environ.get("QUICK", "0") not in ("", "0")
+COMPILE = os.environ.get("BENCH_COMPILE", "1") not in ("", "0")
+NO_GPU = ("needs a CUDA GPU: on a CPU the fused kernels would run in Triton's interpreter, "
+          "whose timings say nothing about the kernels")
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+# bf16 agreement with eager as ||impl - eager|| / ||eager||; gradients see more bf16 roundings
+OUTPUT_TOL = 2e-2
+GRAD_TOL = 5e-2
+
+IMPLS = ("eager", "compiled", "fused", "fused+compiled")
+
+
+def skip_reason(impl, model_tag=None):
+    """Why a GPU case cannot run here, or None."""
+    if not ON_GPU:
+        return NO_GPU
+    if INTERPRETED and "fused" in impl:
+        return "TRITON_INTERPRET=1: interpreter timings are not kernel performance"
+    if "compiled" in impl and not COMPILE:
+        return "BENCH_COMPILE=0"
+    if "compiled" in impl and model_tag == "cifar" and QUICK:
+        return "QUICK=1 skips the compiled CIFAR cases"
+    return None
+
+
+# ---- models ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelSpec:
+    tag: str          # the group's size label: "cifar" (32x32) or "224"
+    image: int
+    classes: int
+    rounds: int       # timed rounds of one step each
+
+
+MODELS = {
+    "swin_cifar": ModelSpec("cifar", 32, 10, rounds=10),
+    "swin_t": ModelSpec("224", 224, 1000, rounds=5),
+    "tv_swin_t": ModelSpec("224", 224, 1000, rounds=5),
+}
+
+
+def _build(name):
+    from swin_fused import reference
+    if name == "swin_cifar":
+        return reference.swin_cifar(patch_size=2, n_classes=10, mlp_ratio=1)
+    if name == "swin_t":
+        return reference.swin_t()
+    if name == "tv_swin_t":
+        import torchvision
+        model = torchvision.models.swin_t()
+        # no stochastic depth, so the agreement check's training passes drop the same paths: none
+        for m in model.modules():
+            if isinstance(m, torchvision.ops.StochasticDepth):
+                m.p = 0.0
+        return model
+    raise ValueError(f"unknown model {name}")
+
+
+def make_model(name, impl, mode, device=DEVICE):
+    """The one model factory: the same weights for every impl (fixed seed), on `device`, in the
+    mode's train/eval state. fused: swin_fused.patch'ed; compiled: torch.compile'd (after patch)."""
+    torch.manual_seed(0)
+    model = _build(name).to(device).train(mode == "train")
+    if "fused" in impl:
+        import swin_fused
+        from swin_fused.patching import patched_count
+        swin_fused.patch(model)
+        if patched_count(model) == 0:
+            raise ValueError(f"swin_fused.patch fused no block of {name}")
+    if "compiled" in impl:
+        model = torch.compile(model)
+    return model
+
+
+def make_batch(name, batch, device=DEVICE):
+    """The one image input factory: random images and labels for model `name`."""
+    spec = MODELS[name]
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(batch, 3, spec.image, spec.image, generator=gen)
+    labels = torch.randint(0, spec.classes, (batch,), generator=gen)
+    return images.to(device), labels.to(device)
+
+
+def autocast(device):
+    # bf16 autocast on the GPU; the CPU baselines run in fp32
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda")
+
+
+def check_pass(model, mode, images, labels):
+    """One pass for the agreement check: fp32 logits, and in training every parameter's gradient."""
+    device = images.device.type
+    if mode == "infer":
+        with torch.no_grad(), autocast(device):
+            return model(images).float(), None
+    with autocast(device):
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    grads = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().float()
+                       for p in model.parameters()])
+    model.zero_grad(set_to_none=True)
+    return logits.detach().float(), grads
+
+
+def make_step(model, mode, images, labels):
+    """The timed unit: an inference forward, or a training step (forward, backward, AdamW step)."""
+    device = images.device.type
+    if mode == "infer":
+        def step():
+            with torch.no_grad(), autocast(device):
+                model(images)
+        return step
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device):
+            loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+@functools.lru_cache(maxsize=4)
+def eager_reference(name, mode, batch, device=DEVICE):
+    """The eager model's check pass, kept on the CPU so it never counts in a case's peak memory."""
+    model = make_model(name, "eager", mode, device)
+    logits, grads = check_pass(model, mode, *make_batch(name, batch, device))
+    result = logits.cpu(), None if grads is None else grads.cpu()
+    del model, logits, grads
+    free_memory()
+    return result
+
+
+# ---- the op ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OpShape:
+    batch: int
+    H: int
+    W: int
+    dim: int
+    heads: int
+    window: int = 7
+    shift: int = 3
+
+    @property
+    def label(self):
+        return (f"B{self.batch} {self.H}x{self.W} C{self.dim} h{self.heads} "
+                f"w{self.window} s{self.shift}")
+
+
+STAGE1 = OpShape(128, 56, 56, 96, 3)
+SWIN_T_STAGES = (STAGE1, OpShape(128, 28, 28, 192, 6), OpShape(128, 14, 14, 384, 12),
+                 OpShape(128, 7, 7, 768, 24))
+CIFAR_STAGES = (OpShape(128, 16, 16, 192, 3), OpShape(128, 8, 8, 384, 6),
+                OpShape(128, 4, 4, 768, 12))
+
+
+def op_inputs(shape, dtype, device=DEVICE, requires_grad=False, seed=0):
+    """The one op input factory: qkv (B, H*W, 3C) in `dtype`, fp32 rel_bias (heads, N, N) and
+    qkv_bias (3C,) as a model under autocast passes them, and an output gradient."""
+    torch.manual_seed(seed)
+    n = shape.window ** 2
+    qkv = torch.randn(shape.batch, shape.H * shape.W, 3 * shape.dim, device=device, dtype=dtype)
+    rel_bias = torch.randn(shape.heads, n, n, device=device)
+    qkv_bias = torch.randn(3 * shape.dim, device=device)
+    dout = torch.randn(shape.batch, shape.H * shape.W, shape.dim, device=device, dtype=dtype)
+    qkv.requires_grad_(requires_grad)
+    rel_bias.requires_grad_(requires_grad)
+    return dict(qkv=qkv, rel_bias=rel_bias, qkv_bias=qkv_bias), dout
+
+
+def call_op(fn, shape, inputs):
+    """Any window-attention implementation with the signature of swin_fused.window_attention."""
+    return fn(inputs["qkv"], shape.H, shape.W, shape.heads, shape.window, shape.shift,
+              rel_bias=inputs["rel_bias"], qkv_bias=inputs["qkv_bias"],
+              scale=(shape.dim // shape.heads) ** -0.5)
+
+
+def op_bytes(shape, itemsize, forward=True, backward=False):
+    """The fewest bytes the op must move: forward reads qkv and writes out; backward reads qkv,
+    out and dout and writes dqkv. The same count for every implementation."""
+    qkv = shape.batch * shape.H * shape.W * 3 * shape.dim * itemsize
+    out = qkv // 3
+    return (qkv + out if forward else 0) + (2 * qkv + 2 * out if backward else 0)
+
+
+@functools.lru_cache(maxsize=1)
+def copy_gb_per_sec():
+    """Device-to-device copy bandwidth of this GPU, measured now: (bytes read + written) / time."""
+    import triton.testing
+    src = torch.rand(2 ** 28, device="cuda")  # 1 GiB
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e9
+
+
+# ---- checking and timing -----------------------------------------------------------------------
+
+def rel_error(actual, expected):
+    """||actual - expected|| / ||expected|| in float64; NaN or inf anywhere gives NaN."""
+    actual, expected = actual.detach().double(), expected.detach().double().to(actual.device)
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+def check_close(actual, expected, tol, what):
+    err = rel_error(actual, expected)
+    assert err <= tol, (f"{what}: relative error {err:.2e} against eager exceeds {tol:.0e}; "
+                        "a case that disagrees with eager posts no timing")
+    return err
+
+
+def synchronize():
+    if ON_GPU:
+        torch.cuda.synchronize()
+
+
+def free_memory():
+    import gc
+    gc.collect()
+    if ON_GPU:
+        torch.cuda.empty_cache()
+
+
+def fused_launches():
+    """Launches of the fused Triton kernels so far: a case asserts that its kernels really ran."""
+    from swin_fused.kernels.window_attention import LAUNCHES
+    return sum(LAUNCHES.values())
+
+
+def first_call_s(fn):
+    """Wall time of a first call, compilation included, and its result."""
+    synchronize()
+    start = time.perf_counter()
+    result = fn()
+    synchronize()
+    return time.perf_counter() - start, result
+
+
+def peak_memory_mib(step):
+    """Peak allocated GPU memory over one call of `step` (None on a CPU)."""
+    if not ON_GPU:
+        return None
+    synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    synchronize()
+    return torch.cuda.max_memory_allocated() / 2 ** 20
+
+
+def measure(benchmark, step, group, warmup, rounds, calls=1, **info):
+    """Time `step` with pytest-benchmark: fixed rounds of `calls` back-to-back calls, the GPU
+    synchronised at the end of each round. Warm-up and one peak-memory pass run first, untimed.
+    Records group, peak_mem_mib and `info` in the result; returns seconds per call (None when
+    benchmarking is disabled)."""
+    def one_round():
+        for _ in range(calls):
+            step()
+        synchronize()
+
+    for _ in range(warmup):
+        step()
+    peak = peak_memory_mib(step)
+    benchmark.group = group
+    benchmark.extra_info.update(info, peak_mem_mib=peak, rounds=rounds, calls_per_round=calls,
+                                device=torch.cuda.get_device_name() if ON_GPU else "cpu")
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
+    if benchmark.stats is None:
+        return None
+    return benchmark.stats.stats.median / calls
