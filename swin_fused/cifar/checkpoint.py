@@ -75,6 +75,12 @@ def load_model(checkpoint, path, fused):
     return model
 
 
+def load_for_inference(path, device, fused):
+    """(model in eval mode on `device`, the checkpoint's config) for eval and predict."""
+    checkpoint = load(path)
+    return load_model(checkpoint, path, fused).to(device).eval(), checkpoint["config"]
+
+
 def load_weights(model, state_dict, path):
     try:
         model.load_state_dict(state_dict)

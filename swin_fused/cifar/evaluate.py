@@ -13,9 +13,7 @@ GRID_IMAGES = 64
 
 def evaluate(args):
     device = resolve_device(args.device)
-    checkpoint = ckpt.load(args.checkpoint)
-    config = checkpoint["config"]
-    model = ckpt.load_model(checkpoint, args.checkpoint, args.fused).to(device).eval()
+    model, config = ckpt.load_for_inference(args.checkpoint, device, args.fused)
     test_set = data.load_split(args.data_dir, False, data.eval_transform(config["image_size"]))
     data.check_classes(test_set, config["classes"], f"the test split of {args.data_dir}")
     loader = data.loader(test_set, args.batch_size, False, args.workers)

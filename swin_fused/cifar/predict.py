@@ -16,9 +16,7 @@ BATCH_SIZE = 64
 
 def predict(args):
     device = resolve_device(args.device)
-    checkpoint = ckpt.load(args.checkpoint)
-    config = checkpoint["config"]
-    model = ckpt.load_model(checkpoint, args.checkpoint, args.fused).to(device).eval()
+    model, config = ckpt.load_for_inference(args.checkpoint, device, args.fused)
     # read every image before the model runs, so one bad input fails fast
     images = [open_image(source, args.timeout) for source in args.images]
     transform = data.eval_transform(config["image_size"])
