@@ -35,18 +35,17 @@ def profile(shape, dtype=torch.bfloat16):
 def sweep(shapes, dtype=torch.bfloat16):
     """Forward and backward ms for each launch setting; the defaults are restored afterwards."""
     from swin_fused.kernels import window_attention as kernels
-    defaults = (kernels.NUM_WARPS, kernels.BWD_PROGRAMS_PER_SM, dict(kernels.BWD_NUM_STAGES))
+    defaults = (kernels.NUM_WARPS, kernels.BWD_PROGRAMS_PER_SM, kernels.BWD_NUM_STAGES)
     print(f"{'shape':28} {'warps':>5} {'stages':>6} {'progs/SM':>8} {'fwd ms':>8} {'bwd ms':>8}")
     try:
         for shape, warps, stages, per_sm in itertools.product(shapes, (4, 8), (1, 3), (4, 8, 16)):
-            kernels.NUM_WARPS, kernels.BWD_PROGRAMS_PER_SM = warps, per_sm
-            kernels.BWD_NUM_STAGES[dtype] = stages
+            kernels.NUM_WARPS, kernels.BWD_PROGRAMS_PER_SM, kernels.BWD_NUM_STAGES = \
+                warps, per_sm, stages
             fwd_ms, bwd_ms = profile(shape, dtype)
             print(f"{shape.label:28} {warps:5} {stages:6} {per_sm:8} {fwd_ms:8.3f} {bwd_ms:8.3f}",
                   flush=True)
     finally:
-        kernels.NUM_WARPS, kernels.BWD_PROGRAMS_PER_SM = defaults[:2]
-        kernels.BWD_NUM_STAGES.update(defaults[2])
+        kernels.NUM_WARPS, kernels.BWD_PROGRAMS_PER_SM, kernels.BWD_NUM_STAGES = defaults
 
 
 def main():

@@ -23,8 +23,11 @@ LAUNCHES = collections.Counter()
 MAX_BLOCK = 64
 NUM_WARPS = 8
 BWD_PROGRAMS_PER_SM = 8
-# fp32 tiles pipelined three deep overflow shared memory in the backward (215 KB at head dim 64)
-BWD_NUM_STAGES = {torch.float32: 1, torch.float16: 3, torch.bfloat16: 3}
+# The backward's window loop is pipelined BWD_NUM_STAGES deep only while a tile row is at most
+# 128 bytes: wider rows overflow shared memory (ptxas, sm_90: 215 KB for fp32 at head dim 64,
+# 220 KB for fp16 at head dim 128 with a tiled 9x9 window, against 227 KB).
+BWD_NUM_STAGES = 3
+BWD_PIPELINED_ROW_BYTES = 128
 
 
 @triton.jit
@@ -369,12 +372,14 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
     dpad = torch.empty(groups, num_heads, n_blocks, 2, meta["BLOCK_D"], **f32)
     dscale = torch.empty(groups, num_heads, n_blocks, **f32)
     rel_bias = _bias_tiles(rel_bias, n_padded) if rel_bias is not None else None
+    row_bytes = meta["BLOCK_D"] * qkv.element_size()
+    stages = BWD_NUM_STAGES if row_bytes <= BWD_PIPELINED_ROW_BYTES else 1
     _window_attn_bwd[(groups, num_heads, n_blocks)](
         qkv, out, dout, stats, dqkv, _optional(rel_bias, stats), _optional(qkv_bias, stats),
         _optional(logit_scale, stats), dbias, dpad, dscale, *qkv.stride(), *geometry, scale,
         num_heads, head_dim, n_windows, windows_per_program,
         HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
-        COSINE=logit_scale is not None, num_stages=BWD_NUM_STAGES[qkv.dtype], **meta)
+        COSINE=logit_scale is not None, num_stages=stages, **meta)
     LAUNCHES["bwd"] += 1
     dpad = dpad[..., :head_dim].sum(dim=(0, 2))  # (heads, 2, head_dim)
     dqkv_bias = torch.cat([torch.zeros_like(dpad[:, 0]).flatten(), dpad[:, 0].flatten(),
