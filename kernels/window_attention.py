@@ -23,9 +23,9 @@ LAUNCHES = collections.Counter()
 MAX_BLOCK = 64
 NUM_WARPS = 8
 BWD_PROGRAMS_PER_SM = 8
-# The backward's window loop is pipelined BWD_NUM_STAGES deep only while a tile row is at most
-# 128 bytes: wider rows overflow shared memory (ptxas, sm_90: 215 KB for fp32 at head dim 64,
-# 220 KB for fp16 at head dim 128 with a tiled 9x9 window, against 227 KB).
+# The backward's window loop is pipelined BWD_NUM_STAGES deep only for one-tile windows whose tile
+# rows are at most 128 bytes; otherwise shared memory overflows its 227 KB (ptxas, sm_90: 215 KB
+# for fp32 at head dim 64, 405 KB for fp32 at head dim 32 with a tiled 9x9 window).
 BWD_NUM_STAGES = 3
 BWD_PIPELINED_ROW_BYTES = 128
 
@@ -373,7 +373,7 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
     dscale = torch.empty(groups, num_heads, n_blocks, **f32)
     rel_bias = _bias_tiles(rel_bias, n_padded) if rel_bias is not None else None
     row_bytes = meta["BLOCK_D"] * qkv.element_size()
-    stages = BWD_NUM_STAGES if row_bytes <= BWD_PIPELINED_ROW_BYTES else 1
+    stages = BWD_NUM_STAGES if n_blocks == 1 and row_bytes <= BWD_PIPELINED_ROW_BYTES else 1
     _window_attn_bwd[(groups, num_heads, n_blocks)](
         qkv, out, dout, stats, dqkv, _optional(rel_bias, stats), _optional(qkv_bias, stats),
         _optional(logit_scale, stats), dbias, dpad, dscale, *qkv.stride(), *geometry, scale,
