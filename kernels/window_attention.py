@@ -354,6 +354,11 @@ def _programs_wanted(device):
     return BWD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def backward_stages(n_blocks, row_bytes):
+    """Pipeline depth of the backward's window loop, by the rule above BWD_NUM_STAGES."""
+    return BWD_NUM_STAGES if n_blocks == 1 and row_bytes <= BWD_PIPELINED_ROW_BYTES else 1
+
+
 def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, H, W, num_heads,
                          window, shift, scale, roll_before_pad):
     """Returns dqkv (qkv's shape, contiguous) and fp32 grads of rel_bias (heads, N, N), qkv_bias
@@ -372,8 +377,7 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
     dpad = torch.empty(groups, num_heads, n_blocks, 2, meta["BLOCK_D"], **f32)
     dscale = torch.empty(groups, num_heads, n_blocks, **f32)
     rel_bias = _bias_tiles(rel_bias, n_padded) if rel_bias is not None else None
-    row_bytes = meta["BLOCK_D"] * qkv.element_size()
-    stages = BWD_NUM_STAGES if n_blocks == 1 and row_bytes <= BWD_PIPELINED_ROW_BYTES else 1
+    stages = backward_stages(n_blocks, meta["BLOCK_D"] * qkv.element_size())
     _window_attn_bwd[(groups, num_heads, n_blocks)](
         qkv, out, dout, stats, dqkv, _optional(rel_bias, stats), _optional(qkv_bias, stats),
         _optional(logit_scale, stats), dbias, dpad, dscale, *qkv.stride(), *geometry, scale,
