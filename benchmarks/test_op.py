@@ -18,6 +18,7 @@ import functools
 import pytest
 import torch
 
+import swin_fused
 from benchmarks import peers
 from benchmarks.common import (GRAD_TOL, ON_GPU, OP_STAGES, OUTPUT_TOL, QUICK, STAGE1, call_op,
                                case, check_close, copy_gb_per_sec, first_call_s, fused_kernel,
@@ -32,14 +33,12 @@ CPU_SHAPE = dataclasses.replace(STAGE1, batch=2)
 
 def op_impl(impl):
     """The callable with swin_fused.window_attention's signature that `impl` times."""
-    import swin_fused
-    return {"eager": lambda: window_attention_eager,
-            "sdpa": lambda: peers.window_attention_sdpa,
-            "compiled": peers.compiled_eager,
-            "flex": lambda: peers.window_attention_flex,
-            "fused": lambda: swin_fused.window_attention,
-            "fused-v1": lambda: functools.partial(swin_fused.window_attention, kernel="v1"),
-            }[impl]()
+    if impl == "compiled":
+        return peers.compiled_eager()
+    if impl == "fused-v1":
+        return functools.partial(swin_fused.window_attention, kernel="v1")
+    return {"eager": window_attention_eager, "sdpa": peers.window_attention_sdpa,
+            "flex": peers.window_attention_flex, "fused": swin_fused.window_attention}[impl]
 
 
 def cases():
