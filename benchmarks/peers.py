@@ -82,7 +82,8 @@ def _compiled_flex_attention():
 
 def window_attention_flex(qkv, H, W, num_heads, window, shift, *, rel_bias, qkv_bias, scale):
     """FlexAttention over the windows: score_mod adds rel_bias[h, i, j] and, where the shift
-    regions of query i and key j differ, -100; no block mask."""
+    regions of query i and key j differ, -100. No block mask: pytorch issue 153799 (NaN gradients
+    with a block mask at lengths not a multiple of 128) concerns windows of 49 tokens."""
     q, k, v = to_windows(qkv, H, W, num_heads, window, shift, qkv_bias)
     labels = window_labels(H, W, window, shift, qkv.device)
     windows_per_image = labels.shape[0]
