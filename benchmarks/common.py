@@ -1,15 +1,18 @@
 """What every benchmark shares: the model factory, the input factories, the op shapes and byte
-count, the agreement check and the timing helper.
+count, the agreement check, the record of a case that could not run, and the timing helper.
 
 Speed is measured on a GPU only. On a CPU the fused kernels would run in Triton's interpreter, so
 only plain-PyTorch baselines run there, labelled as such.
-Environment: QUICK=1 fewer rounds and cases; BENCH_COMPILE=0 no torch.compile cases.
+Environment: QUICK=1 fewer rounds and cases; BENCH_COMPILE=0 no torch.compile or FlexAttention
+cases; SWIN_FUSED_KERNEL the fused op's default kernel generation.
 """
+import contextlib
 import functools
 import os
 import time
 from dataclasses import dataclass
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -17,15 +20,18 @@ ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 QUICK = os.environ.get("QUICK", "0") not in ("", "0")
 COMPILE = os.environ.get("BENCH_COMPILE", "1") not in ("", "0")
-NO_GPU = ("needs a CUDA GPU: on a CPU the fused kernels would run in Triton's interpreter, "
-          "whose timings say nothing about the kernels")
+NO_GPU = ("needs a CUDA GPU: speed is measured on a GPU only (on a CPU the fused kernels would "
+          "run in Triton's interpreter, whose timings say nothing about the kernels)")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 # bf16 agreement with eager as ||impl - eager|| / ||eager||; gradients see more bf16 roundings
 OUTPUT_TOL = 2e-2
 GRAD_TOL = 5e-2
 
-IMPLS = ("eager", "compiled", "fused", "fused+compiled")
+
+def compiles(impl):
+    """Whether the impl runs torch.compile (FlexAttention runs fused only compiled)."""
+    return "compiled" in impl or impl == "flex"
 
 
 def skip_reason(impl, model_tag=None):
@@ -34,11 +40,35 @@ def skip_reason(impl, model_tag=None):
         return NO_GPU
     if INTERPRETED and "fused" in impl:
         return "TRITON_INTERPRET=1: interpreter timings are not kernel performance"
-    if "compiled" in impl and not COMPILE:
+    if compiles(impl) and not COMPILE:
         return "BENCH_COMPILE=0"
-    if "compiled" in impl and model_tag == "cifar" and QUICK:
+    if compiles(impl) and model_tag == "cifar" and QUICK:
         return "QUICK=1 skips the compiled CIFAR cases"
     return None
+
+
+def case(case_id, group, impl, *values, reason=None):
+    """One GPU case: its id, marked with group and impl so a skip is recorded in the results."""
+    marks = [pytest.mark.bench_case(group=group, impl=impl)]
+    if reason:
+        marks.append(pytest.mark.skip(reason=reason))
+    return pytest.param(*values, id=case_id, marks=marks)
+
+
+@contextlib.contextmanager
+def recorded_as_skip(impl):
+    """An impl that raises or disagrees with eager posts no number: its case is skipped, and the
+    reason (the exception's message, cut at 400 characters) is recorded by conftest.py."""
+    try:
+        yield
+    except Exception as e:  # any failure of a peer or of ours is a finding, never a timing
+        message = " ".join(str(e).split()) or "(no message)"
+        pytest.skip(f"{impl} failed: {type(e).__name__}: {message[:400]}")
+
+
+def fused_kernel():
+    """The kernel generation the fused op runs by default: SWIN_FUSED_KERNEL, else v2."""
+    return os.environ.get("SWIN_FUSED_KERNEL") or "v2"
 
 
 # ---- models ------------------------------------------------------------------------------------
@@ -49,12 +79,14 @@ class ModelSpec:
     image: int
     classes: int
     rounds: int       # timed rounds of one step each
+    sdpa: bool = False  # has an SDPA attention path of its own (timm's fused_attn)
 
 
 MODELS = {
     "swin_cifar": ModelSpec("cifar", 32, 10, rounds=10),
     "swin_t": ModelSpec("224", 224, 1000, rounds=5),
     "tv_swin_t": ModelSpec("224", 224, 1000, rounds=5),
+    "timm_swin_t": ModelSpec("224", 224, 1000, rounds=5, sdpa=True),
 }
 
 
@@ -72,14 +104,24 @@ def _build(name):
             if isinstance(m, torchvision.ops.StochasticDepth):
                 m.p = 0.0
         return model
+    if name == "timm_swin_t":
+        timm = pytest.importorskip("timm", reason="timm_swin_t needs timm (the test extra)")
+        return timm.create_model("swin_tiny_patch4_window7_224", drop_path_rate=0.0)
     raise ValueError(f"unknown model {name}")
 
 
-def make_model(name, impl, mode, device=DEVICE):
+def make_model(name, impl, mode, device=DEVICE, compile_mode=None):
     """The one model factory: the same weights for every impl (fixed seed), on `device`, in the
-    mode's train/eval state. fused: swin_fused.patch'ed; compiled: torch.compile'd (after patch)."""
+    mode's train/eval state. sdpa: timm's SDPA path on in every block; fused: swin_fused.patch'ed;
+    compiled: torch.compile'd (after the rest), with `compile_mode`."""
     torch.manual_seed(0)
     model = _build(name).to(device).train(mode == "train")
+    if MODELS[name].sdpa:
+        from benchmarks.peers import set_timm_fused_attn
+        # explicitly off for every other impl: TIMM_FUSED_ATTN in the environment must not leak in
+        set_timm_fused_attn(model, "sdpa" in impl)
+    elif "sdpa" in impl:
+        raise ValueError(f"{name} has no SDPA attention path of its own")
     if "fused" in impl:
         import swin_fused
         from swin_fused.patching import patched_count
@@ -87,7 +129,7 @@ def make_model(name, impl, mode, device=DEVICE):
         if patched_count(model) == 0:
             raise ValueError(f"swin_fused.patch fused no block of {name}")
     if "compiled" in impl:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=compile_mode)
     return model
 
 
@@ -174,6 +216,8 @@ SWIN_T_STAGES = (STAGE1, OpShape(128, 28, 28, 192, 6), OpShape(128, 14, 14, 384,
                  OpShape(128, 7, 7, 768, 24))
 CIFAR_STAGES = (OpShape(128, 16, 16, 192, 3), OpShape(128, 8, 8, 384, 6),
                 OpShape(128, 4, 4, 768, 12))
+# every stage of each model, as the op sees it in a shifted block: group op-*-<model>-stage<k>
+OP_STAGES = {"swin_t": SWIN_T_STAGES, "swin_cifar": CIFAR_STAGES}
 
 
 def op_inputs(shape, dtype, device=DEVICE, requires_grad=False, seed=0):

@@ -1,24 +1,43 @@
 #!/usr/bin/env bash
-# The one command for the GPU machine: install, versions, GPU tests, op benchmarks, kernel profile,
-# model benchmarks, compiled cases, summary. Each stage runs under its own timeout inside one time
-# budget and leaves its results in the folder before the next starts; a failed stage is recorded
-# in stages.txt, never fatal.
+# The one command for the GPU machine: the most telling numbers first (the op's forward+backward
+# at Swin-T stage 1 with every impl, then Swin-T 224 training with every impl), then the kernel
+# profile, the other op and model cases, the GPU tests and the remaining compiled cases. Each stage
+# runs under its own timeout inside one time budget and leaves its results in the folder before the
+# next starts; a failed stage, or one cut because the budget could not hold it, is recorded in
+# stages.txt, never fatal.
 #
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]   # or OUT_DIR=...; default benchmarks/results
-#   QUICK=1            a rerun within 3 minutes: fewer rounds, cases and profile shapes
-#   STAGES="op models" run only these of: install env tests bias-grad op profile models compiled
+#   QUICK=1            a rerun within 3 minutes: fewer rounds and cases
+#   STAGES="op1 train224"  run only these stage families (install env op1 train224 profile op
+#                      models tests bias-grad compiled) or exact stage names from stages.txt
 #   BUDGET_S=290       the whole script's budget in seconds (QUICK=1: 170)
 #
 # Writes at most 8 files: env.txt tests.log bench.log bench.json profile.txt summary.md chart.png
-# stages.txt. The compiled cases run last, one pytest process each (pytest-benchmark writes its
-# JSON only when a process ends), most wanted first, for as long as the budget lasts.
+# stages.txt. Every call starts its folder afresh: give a second call (e.g. with the STAGES that
+# stages.txt says were cut) another folder, and merge the two bench.json with summarize.py.
+#
+# Budget, estimated for an H100 machine with 16 cores and no compile caches (unmeasured; torch
+# 2.11 Inductor compiles a Swin-T training step in about a minute there, the op alone in ~20 s,
+# FlexAttention's template forward+backward in ~30 s, our Triton kernels in a few seconds each,
+# and each pytest process spends ~6 s importing torch, triton, torchvision and timm):
+#   install 10, env 5                                       15 s
+#   op1: op fwd+bwd Swin-T stage 1, eager sdpa fused fused-v1  25 s    ->  40
+#   op1:compiled, op1:flex: the compiled peers, one process each 30 + 40  ->  110
+#   train224: Swin-T 224 training, reference and timm, uncompiled  40    ->  150
+#   train224:<case>: compiled Swin-T 224 training, 60-70 s each: swin_t compiled and
+#     fused+compiled fit (-> ~280 of 290); timm's sdpa+compiled, fused+compiled, compiled follow
+#     while the budget lasts
+#   then profile (~30), op (the other stages, ~80), models (the other groups, ~100), tests (~100),
+#   bias-grad (~15) and the remaining compiled cases (~40-70 each): a second call
+# QUICK=1 (170 s) gets op1 with every impl and train224 uncompiled; its compiled cases need warm
+# caches (a second call on a warm machine compiles in seconds) or the second call.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT_DIR:-benchmarks/results}}
 export QUICK=${QUICK:-0}
 [ "$QUICK" = 1 ] && default_budget=170 || default_budget=290
 BUDGET_S=${BUDGET_S:-$default_budget}
-STAGES=${STAGES:-install env tests bias-grad op profile models compiled}
+STAGES=${STAGES:-install env op1 train224 profile op models tests bias-grad compiled}
 PYTHON=${PYTHON:-python}
 export PYTHONUNBUFFERED=1  # a stage killed at its timeout still leaves its log
 RESERVE_S=10  # kept for the final summary
@@ -28,19 +47,25 @@ mkdir -p "$OUT"
 rm -f "$OUT"/{env.txt,tests.log,bench.log,bench.json,profile.txt,summary.md,chart.png,stages.txt}
 PARTS=$(mktemp -d)
 trap 'rm -rf "$PARTS"' EXIT
+CUT=()
 
 record() {  # record STAGE STATUS SECONDS
-    printf '%-42s %-44s %4ss\n' "$1" "$2" "$3" | tee -a "$OUT/stages.txt"
+    printf '%-50s %-44s %4ss\n' "$1" "$2" "$3" | tee -a "$OUT/stages.txt"
 }
 
-stage() {  # stage NAME MIN_S MAX_S LOG COMMAND...: runs under min(MAX_S, time left), skips below MIN_S
+selected() {  # selected NAME: the stage's family or its exact name is in STAGES
+    case " $STAGES " in *" ${1%%:*} "* | *" $1 "*) return 0 ;; *) return 1 ;; esac
+}
+
+stage() {  # stage NAME MIN_S MAX_S LOG COMMAND...: under min(MAX_S, time left); cut below MIN_S
     local name=$1 min=$2 max=$3 log=$4 t0=$SECONDS rc status counts
     shift 4
-    case " $STAGES " in *" ${name%%:*} "*) ;; *) return 0 ;; esac
+    selected "$name" || return 0
     local left=$((BUDGET_S - (SECONDS - START) - RESERVE_S))
     local limit=$((left < max ? left : max))
     if ((limit < min)); then
-        record "$name" "skipped: ${left}s left" 0
+        record "$name" "CUT: needs ${min}s, ${left}s left" 0
+        CUT+=("$name")
         return 0
     fi
     echo "=== $name (limit ${limit}s): $*" >>"$log"
@@ -59,12 +84,25 @@ summarize() {  # merge the JSON parts into bench.json and summary.md; any extra 
         --md "$OUT/summary.md" --stages "$OUT/stages.txt" "$@"
 }
 
-bench() {  # bench NAME MIN_S MAX_S PYTEST_ARGS...: one pytest-benchmark run, merged at once
+bench() {  # bench NAME MIN_S MAX_S PYTEST_ARGS...: one pytest-benchmark process, merged at once
     local name=$1 min=$2 max=$3
     shift 3
     stage "$name" "$min" "$max" "$OUT/bench.log" "$PYTHON" -m pytest -q -rs --benchmark-only \
         --benchmark-json "$PARTS/${name//[^a-z0-9-]/_}.json" "$@"
     summarize >/dev/null
+}
+
+ids() {  # ids FILE GROUP IMPL...: the pytest node ids of these cases
+    local file=$1 group=$2 test=test_model
+    shift 2
+    [ "$file" = benchmarks/test_op.py ] && test=test_op
+    for impl in "$@"; do echo "$file::$test[$group-$impl]"; done
+}
+
+compiled_cases() {  # compiled_cases FILE GROUP IMPL...: one process for these compiled cases
+    local file=$1 group=$2
+    # shellcheck disable=SC2046  # node ids hold no spaces
+    bench "compiled:$group" 50 180 $(ids "$@")
 }
 
 ENV_PY='
@@ -86,31 +124,66 @@ p = torch.cuda.get_device_properties(0)
 print(f"device {p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
       f"{p.total_memory / 2**30:.0f} GiB")
 '
-
-if [ "$QUICK" = 1 ]; then
-    COMPILED="train-224-swin_t infer-224-swin_t"
-else
-    COMPILED="train-224-swin_t infer-224-swin_t train-cifar-swin_cifar train-224-tv_swin_t
-              infer-cifar-swin_cifar infer-224-tv_swin_t"
-fi
+OP1=op-fwdbwd-swin_t-stage1
 [ "$QUICK" = 1 ] && tests_max=100 || tests_max=120
+# kernel compilation dominates the suite on a fresh machine: spread it over 8 processes if we can
+"$PYTHON" -c "import xdist" 2>/dev/null && xdist=(-n 8) || xdist=()
+# the cases op1 and train224 already ran, left out of the later stages
+op_rest="not compiled and not flex"
+models_rest="not compiled"
+selected op1 && op_rest="$op_rest and not $OP1"
+TRAIN224="train-224-swin_t or train-224-timm_swin_t"
+selected train224 && models_rest="$models_rest and not ($TRAIN224)"
 
-echo "gpu_check: results in $OUT, budget ${BUDGET_S}s, QUICK=$QUICK"
-stage install 5 120 "$OUT/env.txt" "$PYTHON" -m pip install -q -e . --no-deps --no-build-isolation
-stage env 5 60 "$OUT/env.txt" bash -c 'nvidia-smi; "$0" -c "$1"' "$PYTHON" "$ENV_PY"
-# kernel compilation dominates the suite on a fresh machine: spread it over 8 processes
-stage tests 20 "$tests_max" "$OUT/tests.log" env SWIN_FUSED_STRICT=1 "$PYTHON" -m pytest tests -q \
-    -n 8 --tb=short -rfE
-stage bias-grad 10 60 "$OUT/tests.log" "$PYTHON" -m benchmarks.check_bias_grad
-bench op 20 90 benchmarks/test_op.py
-stage profile 10 90 "$OUT/profile.txt" "$PYTHON" -m benchmarks.profile_kernels
-bench models 30 150 benchmarks/test_models.py -k "not compiled"
-for group in $COMPILED; do
-    for impl in compiled fused+compiled; do
-        bench "compiled:$group-$impl" 50 180 "benchmarks/test_models.py::test_model[$group-$impl]"
-    done
+echo "gpu_check: results in $OUT, budget ${BUDGET_S}s, QUICK=$QUICK, stages: $STAGES"
+stage install 5 60 "$OUT/env.txt" "$PYTHON" -m pip install -q -e . --no-deps --no-build-isolation
+stage env 5 30 "$OUT/env.txt" bash -c 'nvidia-smi; "$0" -c "$1"' "$PYTHON" "$ENV_PY"
+
+# 1. the op at Swin-T stage 1, forward + backward, every impl; the compiled peers one process each
+bench op1 15 60 benchmarks/test_op.py -k "$OP1 and not compiled and not flex"
+bench op1:compiled 20 60 $(ids benchmarks/test_op.py $OP1 compiled)
+bench op1:flex 25 75 $(ids benchmarks/test_op.py $OP1 flex)
+
+# 2. Swin-T 224 training, every impl: uncompiled in one process, then each compiled case alone
+bench train224 25 90 benchmarks/test_models.py -k "($TRAIN224) and not compiled"
+for c in swin_t:compiled swin_t:fused+compiled timm_swin_t:sdpa+compiled \
+    timm_swin_t:fused+compiled timm_swin_t:compiled; do
+    # shellcheck disable=SC2046
+    bench "train224:${c/:/-}" 60 150 $(ids benchmarks/test_models.py "train-224-${c%%:*}" "${c#*:}")
 done
 
+# 3. the rest: kernel profile, the other op and model cases, GPU tests, the other compiled cases
+stage profile 20 90 "$OUT/profile.txt" "$PYTHON" -m benchmarks.profile_kernels
+bench op 40 150 benchmarks/test_op.py -k "$op_rest"
+bench models 40 180 benchmarks/test_models.py -k "$models_rest"
+stage tests 30 "$tests_max" "$OUT/tests.log" env SWIN_FUSED_STRICT=1 "$PYTHON" -m pytest tests -q \
+    "${xdist[@]}" --tb=short -rfE
+stage bias-grad 10 60 "$OUT/tests.log" "$PYTHON" -m benchmarks.check_bias_grad
+M=benchmarks/test_models.py
+compiled_cases $M infer-224-swin_t compiled fused+compiled
+compiled_cases $M latency-224-swin_t-b1 compiled fused+compiled
+compiled_cases $M latency-224-swin_t-b8 compiled fused+compiled
+[ "$QUICK" = 1 ] || compiled_cases $M train-cifar-swin_cifar-b64 compiled fused+compiled
+selected op1 || compiled_cases benchmarks/test_op.py $OP1 compiled flex
+for group in op-fwdbwd-swin_t-stage{2,3,4} op-fwdbwd-swin_cifar-stage{1,2,3} \
+    op-fwd-swin_t-stage{1,2,3,4} op-fwd-swin_cifar-stage{1,2,3}; do
+    compiled_cases benchmarks/test_op.py "$group" compiled flex
+done
+compiled_cases $M train-224-tv_swin_t compiled fused+compiled
+compiled_cases $M infer-224-timm_swin_t compiled sdpa+compiled fused+compiled
+compiled_cases $M latency-224-timm_swin_t-b1 compiled fused+compiled
+compiled_cases $M latency-224-timm_swin_t-b8 compiled fused+compiled
+compiled_cases $M infer-224-tv_swin_t compiled fused+compiled
+if [ "$QUICK" != 1 ]; then  # QUICK=1 skips the compiled CIFAR cases (common.skip_reason)
+    compiled_cases $M train-cifar-swin_cifar compiled fused+compiled
+    compiled_cases $M infer-cifar-swin_cifar compiled fused+compiled
+    compiled_cases $M infer-cifar-swin_cifar-b64 compiled fused+compiled
+fi
+
+if ((${#CUT[@]})); then
+    printf 'cut for time: %d stages; rerun them on another call with\n  STAGES="%s"\n' \
+        ${#CUT[@]} "${CUT[*]}" | tee -a "$OUT/stages.txt"
+fi
 echo "--- summary"
 summarize --png "$OUT/chart.png"
 echo "--- stages"

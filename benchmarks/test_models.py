@@ -1,62 +1,108 @@
-"""Whole-model throughput and peak memory: inference and one training step, bf16 autocast.
+"""Whole-model throughput, latency and peak memory under bf16 autocast.
 
-Groups `{infer,train}-{cifar,224}-{model}`, impls eager, compiled, fused, fused+compiled, all at
-batch 128. Each case first checks that its logits (and in training every parameter gradient) agree
-with the eager model's; that first pass is also the compile time (`compile_s`). On a CPU only the
-eager CIFAR forward runs, at batch 4 in fp32, as group `cpu-infer-cifar-swin_cifar`.
+Models: the seed's swin_cifar at 32x32, the reference swin_t, torchvision's swin_t and timm's
+swin_tiny_patch4_window7_224 at 224. Groups:
+- `{train,infer}-{cifar,224}-{model}`: one training step (forward, loss, backward, AdamW step) or
+  an inference forward at batch 128; swin_cifar also at the seed's batch 64 (`...-b64`).
+  Impls: `eager`, `compiled`, `fused`, `fused+compiled`, and for timm also `sdpa` (timm's own
+  SDPA path, `fused_attn`, switched on in every block) and `sdpa+compiled`.
+- `latency-224-{swin_t,timm_swin_t}-b{1,8}`: inference latency, one synchronised forward per round.
+  Impls `eager`, and `compiled` and `fused+compiled` with torch.compile(mode="reduce-overhead"),
+  which must capture the whole forward in CUDA graphs (a skipped capture fails the case).
+Each case first checks that its logits (and in training every parameter gradient) agree with the
+eager model's; that first pass is also the compile time (`compile_s`). A case that disagrees or
+raises is skipped with the reason, recorded in the results. On a CPU only the eager CIFAR forward
+runs, at batch 4 in fp32, as group `cpu-infer-cifar-swin_cifar`.
 """
+import contextlib
+
 import pytest
 
-from benchmarks.common import (GRAD_TOL, IMPLS, MODELS, ON_GPU, OUTPUT_TOL, QUICK, check_close,
+from benchmarks.common import (GRAD_TOL, MODELS, ON_GPU, OUTPUT_TOL, QUICK, case, check_close,
                                check_pass, eager_reference, first_call_s, fused_launches,
-                               make_batch, make_model, make_step, measure, skip_reason)
+                               make_batch, make_model, make_step, measure, recorded_as_skip,
+                               skip_reason)
 
 GPU_BATCH = 128
+SEED_BATCH = 64  # the seed article's CIFAR-10 batch
+LATENCY_BATCHES = (1, 8)
+LATENCY_MODELS = ("swin_t", "timm_swin_t")
+LATENCY_IMPLS = ("eager", "compiled", "fused+compiled")
 CPU_BATCH = 4
 
 
-def group_name(mode, model):
-    return f"{mode}-{MODELS[model].tag}-{model}"
+def model_impls(name):
+    if MODELS[name].sdpa:
+        return "eager", "sdpa", "compiled", "sdpa+compiled", "fused", "fused+compiled"
+    return "eager", "compiled", "fused", "fused+compiled"
+
+
+def group_name(mode, model, batch=GPU_BATCH):
+    return f"{mode}-{MODELS[model].tag}-{model}" + ("" if batch == GPU_BATCH else f"-b{batch}")
 
 
 def cases():
-    for mode in ("infer", "train"):
+    for mode in ("train", "infer"):
         for model in MODELS:
-            for impl in IMPLS:
-                reason = skip_reason(impl, MODELS[model].tag)
-                yield pytest.param(mode, model, impl, GPU_BATCH,
-                                   id=f"{group_name(mode, model)}-{impl}",
-                                   marks=[pytest.mark.skip(reason=reason)] if reason else [])
-    yield pytest.param("infer", "swin_cifar", "eager", CPU_BATCH,
-                       id="cpu-infer-cifar-swin_cifar-eager",
+            for batch in (GPU_BATCH, SEED_BATCH) if model == "swin_cifar" else (GPU_BATCH,):
+                group = group_name(mode, model, batch)
+                for impl in model_impls(model):
+                    yield case(f"{group}-{impl}", group, impl, group, mode, model, impl, batch,
+                               reason=skip_reason(impl, MODELS[model].tag))
+    for model in LATENCY_MODELS:
+        for batch in LATENCY_BATCHES:
+            group = f"latency-{MODELS[model].tag}-{model}-b{batch}"
+            for impl in LATENCY_IMPLS:
+                yield case(f"{group}-{impl}", group, impl, group, "latency", model, impl, batch,
+                           reason=skip_reason(impl))
+    group = "cpu-infer-cifar-swin_cifar"
+    yield pytest.param(group, "infer", "swin_cifar", "eager", CPU_BATCH, id=f"{group}-eager",
                        marks=[pytest.mark.skipif(ON_GPU, reason="CPU baseline; the GPU cases ran")])
 
 
-@pytest.mark.parametrize("mode, model_name, impl, batch", cases())
-def test_model(benchmark, mode, model_name, impl, batch):
-    try:
-        model = make_model(model_name, impl, mode)
-    except (ValueError, NotImplementedError) as e:
-        pytest.skip(f"swin_fused.patch cannot fuse {model_name} yet: {e}")
-    images, labels = make_batch(model_name, batch)
-    ref_logits, ref_grads = eager_reference(model_name, mode, batch)
+@contextlib.contextmanager
+def cuda_graphs_or_error():
+    """Inductor raises where it would skip CUDA graphs (an op that cannot be captured) instead of
+    silently running the graph uncaptured; also checks its skip counter."""
+    from torch._dynamo.utils import counters
+    from torch._inductor import config
+    skips = counters["inductor"]["cudagraph_skips"]
+    with config.patch({"triton.cudagraph_or_error": True}):
+        yield
+    if counters["inductor"]["cudagraph_skips"] != skips:
+        raise RuntimeError("torch.compile(mode='reduce-overhead') skipped CUDA graphs")
 
-    launches = fused_launches() if "fused" in impl else 0
-    compile_s, (logits, grads) = first_call_s(lambda: check_pass(model, mode, images, labels))
-    if "fused" in impl:
-        assert fused_launches() > launches, "the fused kernels never ran"
-    check_close(logits, ref_logits, OUTPUT_TOL, f"{impl} logits")
-    if grads is not None:
-        check_close(grads, ref_grads, GRAD_TOL, f"{impl} parameter gradients")
-    del logits, grads
 
+@pytest.mark.parametrize("group, mode, model_name, impl, batch", cases())
+def test_model(benchmark, group, mode, model_name, impl, batch):
+    latency = mode == "latency"
+    pass_mode = "infer" if latency else mode
+    compile_mode = "reduce-overhead" if latency and "compiled" in impl else None
     spec = MODELS[model_name]
-    warmup, rounds = (2, 3) if QUICK else (3, spec.rounds)
-    group = group_name(mode, model_name)
-    if not ON_GPU:
-        group, warmup, rounds = "cpu-" + group, 1, 3
-    seconds = measure(benchmark, make_step(model, mode, images, labels), group, warmup, rounds,
-                      impl=impl, model=model_name, mode=mode, batch=batch, compile_s=compile_s,
-                      dtype="bf16 autocast" if ON_GPU else "fp32")
+    with recorded_as_skip(impl), \
+            cuda_graphs_or_error() if compile_mode else contextlib.nullcontext():
+        model = make_model(model_name, impl, pass_mode, compile_mode=compile_mode)
+        images, labels = make_batch(model_name, batch)
+        ref_logits, ref_grads = eager_reference(model_name, pass_mode, batch)
+
+        launches = fused_launches() if "fused" in impl else 0
+        compile_s, (logits, grads) = first_call_s(
+            lambda: check_pass(model, pass_mode, images, labels))
+        if "fused" in impl and fused_launches() == launches:
+            raise RuntimeError("the fused kernels never ran")
+        check_close(logits, ref_logits, OUTPUT_TOL, f"{impl} logits")
+        if grads is not None:
+            check_close(grads, ref_grads, GRAD_TOL, f"{impl} parameter gradients")
+        del logits, grads
+
+        warmup, rounds = (2, 3) if QUICK else (3, spec.rounds)
+        if latency:
+            warmup, rounds = 3, 10 if QUICK else 30
+        if not ON_GPU:
+            warmup, rounds = 1, 3
+        seconds = measure(benchmark, make_step(model, pass_mode, images, labels), group, warmup,
+                          rounds, impl=impl, model=model_name, mode=mode, batch=batch,
+                          compile_s=compile_s, compile_mode=compile_mode,
+                          dtype="bf16 autocast" if ON_GPU else "fp32")
     if seconds is not None:
         benchmark.extra_info["images_per_sec"] = batch / seconds
