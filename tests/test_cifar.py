@@ -21,35 +21,15 @@ from PIL import Image
 import swin_fused
 
 from swin_fused.cifar import checkpoint as ckpt
+from swin_fused.cifar import models
 from swin_fused.cifar import train as train_module
-from swin_fused.cifar.cli import PROG, main
+from swin_fused.cifar.cli import main
+from tests.cifar_tools import (CLASSES, TINY, TINY_MODEL, assert_one_line_error, image_folder,
+                               random_images, run_cli, train_tiny)
 from tests.conftest import DEVICE
 from tests.helpers import assert_close, kernel_launches
 
-CLASSES = ["cat", "dog", "ship"]
-TINY_MODEL = {"arch": ckpt.ARCH, "embed_dim": 16, "depths": [2], "heads": [1], "window_size": 4,
-              "patch_size": 2, "mlp_ratio": 1, "n_classes": 3}
-# one window per 8x8 image (patch 2 -> 4x4 tokens), so an interpreted fused epoch takes seconds
-TINY = ["--embed-dim", "16", "--depths", "2", "--heads", "1", "--window-size", "4",
-        "--batch-size", "4", "--workers", "0", "--device", DEVICE, "--seed", "0"]
 SCALARS = {"loss/train", "loss/test", "accuracy/train", "accuracy/test", "learning_rate"}
-
-
-def random_images(rng, n, size=32):
-    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """train/<class>/*.png (4 per class) and test/<class>/*.png (2 per class)."""
-    root = tmp_path_factory.mktemp("folders")
-    rng = np.random.default_rng(0)
-    for split, per_class in (("train", 4), ("test", 2)):
-        for name in CLASSES:
-            os.makedirs(root / split / name)
-            for i, pixels in enumerate(random_images(rng, per_class)):
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -87,20 +67,6 @@ def torch_loads(monkeypatch):
         return real_load(*args, **kwargs)
     monkeypatch.setattr(torch, "load", recording_load)
     return calls
-
-
-def run_cli(capsys, *argv):
-    """main(argv) in this process: (exit status, stdout, stderr)."""
-    status = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def train_tiny(capsys, data_dir, run_dir, *extra):
-    status, out, err = run_cli(capsys, "train", "--data-dir", data_dir, "--out", run_dir,
-                               "--epochs", "1", *TINY, *extra)
-    assert status == 0, err
-    return out
 
 
 def check_run_artifacts(run_dir, classes, epochs=1):
@@ -157,7 +123,7 @@ def test_cifar_batches_train_eval_predict(capsys, cifar_dir, tmp_path, skip_cifa
 
 def test_fused_training_matches_eager_step_by_step():
     torch.manual_seed(0)
-    eager = ckpt.build_model({**TINY_MODEL, "heads": [2]}, fused=False)
+    eager = models.build({**TINY_MODEL, "heads": [2]}, fused=False)
     # at the article's init (std .02) attention barely moves the loss: a dropped shift mask
     # changes it by 1e-5; at std .2 by 3e-2, far above the tolerance
     with torch.no_grad():
@@ -171,11 +137,13 @@ def test_fused_training_matches_eager_step_by_step():
     losses = {}
     for name, model in (("eager", eager), ("fused", fused)):
         model.to(DEVICE)
-        optimizer = train_module.make_optimizer(model)
+        recipe = train_module.RECIPES["seed"]
+        optimizer = recipe.optimizer(model, global_batch=4)
         scaler = torch.amp.GradScaler(DEVICE, enabled=False)
         with kernel_launches() as launches:
             losses[name] = torch.stack([
-                train_module.train_step(model, images, labels, optimizer, scaler, "none")[0]
+                train_module.train_step(model, images, labels, optimizer, scaler, "none",
+                                        recipe)[0]
                 for images, labels in batches])
         assert (sum(launches.values()) > 0) == (name == "fused")
     assert_close(losses["fused"], losses["eager"], rtol=1e-4, name="loss per step")
@@ -224,7 +192,7 @@ def article_pickle(tmp_path, monkeypatch):
         monkeypatch.setattr(cls, "__module__", "__main__")
         monkeypatch.setattr(sys.modules["__main__"], name, cls, raising=False)
     torch.manual_seed(0)
-    model = ckpt.build_model({**TINY_MODEL, "n_classes": 10}, fused=False)
+    model = models.build({**TINY_MODEL, "n_classes": 10}, fused=False)
     torch.save(torch.nn.DataParallel(model), tmp_path / "article.pth")
     return tmp_path / "article.pth", model.state_dict()
 
@@ -309,6 +277,7 @@ def test_missing_dataset_offline_is_one_line(capsys, tmp_path, monkeypatch):
     def offline(self):
         raise urllib.error.URLError("no network")
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", offline)
+    os.makedirs(tmp_path / "data")
     status, _, err = run_cli(capsys, "train", "--data-dir", tmp_path / "data", "--out",
                              tmp_path / "run", *TINY, "--no-fused")
     assert_one_line_error(status, err, "could not be downloaded")
@@ -340,12 +309,3 @@ def test_command_line_entry_point_fails_in_one_line(tmp_path):
         [sys.executable, "-m", "swin_fused.cifar", "predict", "--checkpoint",
          str(tmp_path / "missing.pt"), "x.png"], capture_output=True, text=True, timeout=120)
     assert_one_line_error(result.returncode, result.stderr, "No such file")
-
-
-def assert_one_line_error(status, err, message):
-    """Exit status 1 and one error line, last on stderr (after any progress bar), no traceback."""
-    assert status == 1, err
-    assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and errors[0].startswith(f"{PROG}: error:"), err
-    assert errors[0] == err.strip().splitlines()[-1] and message in errors[0], err

@@ -1,48 +1,55 @@
-"""The model the tool trains, and its checkpoints: build, save, load safely, convert the article's.
+"""Checkpoints: save atomically, load safely, convert the seed article's saved models.
 
 A checkpoint is a dict of tensors and plain Python values, so it loads with
-`torch.load(..., weights_only=True)`: FORMAT, model (state_dict), optimizer, scheduler, scaler,
-epoch (epochs finished), history, config (model arguments, classes, image size, training options)
-and rng. Only `convert` unpickles arbitrary objects.
+`torch.load(..., weights_only=True)`: format, model (the full state_dict, also after FSDP),
+optimizer (keyed by parameter name, so any number of processes loads it), scheduler, scaler,
+epoch (epochs finished), history, config (model record, classes, image size, run id, training
+options) and rng (one state per process). Only `convert` unpickles arbitrary objects.
 """
+import contextlib
 import math
 import os
 import pickle
 import re
+import secrets
 import sys
 import zipfile
 
 import torch
 
-import swin_fused
 from swin_fused import reference
-from swin_fused.cifar.errors import CliError
+from swin_fused.cifar import models
+from swin_fused.cifar.errors import CliError, one_line
 
-FORMAT = "swin_fused.cifar checkpoint 1"
-ARCH = "article-swin"
-# the seed article's swin_cifar(patch_size=2, n_classes=10, mlp_ratio=1)
-DEFAULT_MODEL = {"arch": ARCH, "embed_dim": 192, "depths": [2, 6, 2], "heads": [3, 6, 12],
-                 "window_size": 7, "patch_size": 2, "mlp_ratio": 1, "n_classes": 10}
+FORMAT = "swin_fused.cifar checkpoint 2"
+# format 1 keyed the optimizer state by parameter index and kept one RNG state
+FORMATS = ("swin_fused.cifar checkpoint 1", FORMAT)
 # torchvision's CIFAR-10 class names, in label order
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck"]
 
 
-def build_model(model_config, fused):
-    """The article's Swin with these arguments; `fused` swaps in the fused attention."""
-    model = reference.swin_cifar(
-        hidden_dim=model_config["embed_dim"], layers=tuple(model_config["depths"]),
-        heads=tuple(model_config["heads"]), window_size=model_config["window_size"],
-        patch_size=model_config["patch_size"], mlp_ratio=model_config["mlp_ratio"],
-        n_classes=model_config["n_classes"])
-    return swin_fused.patch(model) if fused else model
-
-
 def save(checkpoint, path):
-    """Write atomically, so an interrupted save never leaves a truncated checkpoint behind."""
-    partial = f"{path}.partial"
-    torch.save(checkpoint, partial)
-    os.replace(partial, path)
+    """Write through a temporary file of a unique name, then rename: an interrupted or concurrent
+    save never leaves a truncated checkpoint, nor a temporary file, behind."""
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "xb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
+def peek(path):
+    """(run id, epochs finished) of a checkpoint, read without loading its tensors."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return checkpoint["config"].get("run_id"), checkpoint["epoch"]
 
 
 def load(path):
@@ -56,21 +63,29 @@ def load(path):
                        "code saved it with torch.save(net), run `python -m swin_fused.cifar "
                        f"convert {path} NEW.pt` first") from None
     except (OSError, RuntimeError, EOFError, ValueError) as error:
-        reason = getattr(error, "strerror", None) or _one_line(error)
+        reason = getattr(error, "strerror", None) or one_line(error)
         raise CliError(f"cannot read {path} as a checkpoint: {reason}") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") not in FORMATS:
         raise CliError(f"{path} is not a swin_fused.cifar checkpoint; a state_dict or module "
                        "saved by the seed article's code converts with `python -m swin_fused.cifar "
                        f"convert {path} NEW.pt`")
-    if checkpoint["config"]["model"].get("arch") != ARCH:
+    if checkpoint["config"]["model"].get("arch") not in models.ARCHES:
         raise CliError(f"{path} holds a {checkpoint['config']['model'].get('arch')} model, "
-                       f"not {ARCH}")
+                       f"not one of {', '.join(models.ARCHES)}")
     return checkpoint
+
+
+def optimizer_by_name(state, model):
+    """A format-1 optimizer state (keyed by parameter index) keyed by parameter name."""
+    names = [name for name, _ in model.named_parameters()]
+    return {"state": {names[index]: value for index, value in state["state"].items()},
+            "param_groups": [{**group, "params": [names[index] for index in group["params"]]}
+                             for group in state["param_groups"]]}
 
 
 def load_model(checkpoint, path, fused):
     """The checkpoint's model, rebuilt from its recorded arguments, weights loaded strictly."""
-    model = build_model(checkpoint["config"]["model"], fused)
+    model = models.build(checkpoint["config"]["model"], fused)
     load_weights(model, checkpoint["model"], path)
     return model
 
@@ -95,16 +110,15 @@ def _first_mismatch(error, limit=300):
     return first if len(first) <= limit else first[:limit] + "..."
 
 
-def _one_line(error):
-    return " ".join(str(error).split())
-
-
-def convert(old_path, new_path, classes=None):
+def convert(old_path, new_path, classes=None, overwrite=False):
     """Turn the seed article's `torch.save(net)` file (or a saved state_dict) into a checkpoint.
 
     Unpickles old_path with weights_only=False: this runs whatever code the file names, so the
-    caller must trust it. Returns the model configuration found.
+    caller must trust it. Never replaces new_path unless `overwrite`. Returns the model
+    configuration found.
     """
+    if os.path.exists(new_path) and not overwrite:
+        raise CliError(f"{new_path} exists: pass --overwrite to replace it, or choose another name")
     print(f"convert: unpickling {old_path} with torch.load(weights_only=False), which can run "
           "arbitrary code from the file: convert only files you trust", file=sys.stderr)
     try:
@@ -112,15 +126,16 @@ def convert(old_path, new_path, classes=None):
                            pickle_module=_ArticlePickle)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
             ImportError) as error:
-        raise CliError(f"{old_path} cannot be unpickled: {_one_line(error)}") from None
+        raise CliError(f"{old_path} cannot be unpickled: {one_line(error)}") from None
     state_dict = _state_dict_of(saved, old_path)
     model_config = infer_model_config(state_dict, old_path)
     classes = classes or _default_classes(model_config["n_classes"])
     if len(classes) != model_config["n_classes"]:
         raise CliError(f"{old_path} has {model_config['n_classes']} classes but --classes names "
                        f"{len(classes)}")
-    model = build_model(model_config, fused=False)
+    model = models.build(model_config, fused=False)
     load_weights(model, state_dict, old_path)
+    os.makedirs(os.path.dirname(os.path.abspath(new_path)), exist_ok=True)
     save({"format": FORMAT, "model": model.state_dict(), "epoch": 0, "history": {},
           "config": {"model": model_config, "classes": list(classes), "image_size": 32,
                      "converted_from": os.path.abspath(old_path)}}, new_path)
@@ -169,7 +184,7 @@ def infer_model_config(state_dict, path):
     except (KeyError, ValueError, IndexError, AttributeError):
         raise CliError(f"{path} does not hold the seed article's Swin Transformer") from None
     mlp_ratio = hidden // embed_dim if hidden % embed_dim == 0 else hidden / embed_dim
-    return {"arch": ARCH, "embed_dim": embed_dim, "depths": depths, "heads": heads,
+    return {"arch": models.ARTICLE, "embed_dim": embed_dim, "depths": depths, "heads": heads,
             "window_size": window_size, "patch_size": patch_size, "mlp_ratio": mlp_ratio,
             "n_classes": n_classes}
 

@@ -6,17 +6,16 @@ from tqdm import tqdm
 
 from swin_fused.cifar import checkpoint as ckpt
 from swin_fused.cifar import data, plots
-from swin_fused.cifar.train import resolve_device
 
 GRID_IMAGES = 64
 
 
 def evaluate(args):
-    device = resolve_device(args.device)
+    device = args.device
     model, config = ckpt.load_for_inference(args.checkpoint, device, args.fused)
     test_set = data.load_split(args.data_dir, False, data.eval_transform(config["image_size"]))
     data.check_classes(test_set, config["classes"], f"the test split of {args.data_dir}")
-    loader = data.loader(test_set, args.batch_size, False, args.workers)
+    loader = data.loader(test_set, args.batch_size, args.workers)
     predictions, labels = predict_all(model, loader, device)
 
     print(accuracy_table(predictions, labels, config["classes"]))

@@ -8,14 +8,13 @@ import torch
 from swin_fused.cifar import checkpoint as ckpt
 from swin_fused.cifar import data
 from swin_fused.cifar.errors import CliError
-from swin_fused.cifar.train import resolve_device
 
 MAX_DOWNLOAD_BYTES = 20 * 2**20
 BATCH_SIZE = 64
 
 
 def predict(args):
-    device = resolve_device(args.device)
+    device = args.device
     model, config = ckpt.load_for_inference(args.checkpoint, device, args.fused)
     # read every image before the model runs, so one bad input fails fast
     images = [open_image(source, args.timeout) for source in args.images]
