@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from swin_fused.kernels.common import LAUNCHES, normalize_rows, normalize_rows_bwd
+from swin_fused.kernels.common import LAUNCHES, next_block, normalize_rows, normalize_rows_bwd
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Settings:
         for fp32 at head dim 64, 405 KB for fp32 at head dim 32 with a tiled 9x9 window)."""
         settings = cls()
         one_tile = geometry.tokens <= settings.max_block
-        row_bytes = max(16, triton.next_power_of_2(head_dim)) * dtype.itemsize
+        row_bytes = next_block(head_dim) * dtype.itemsize
         return replace(settings, bwd_num_stages=3 if one_tile and row_bytes <= 128 else 1)
 
 
@@ -305,8 +305,7 @@ def _window_attn_bwd(
 
 
 def _launch_config(qkv, geometry, num_heads, settings):
-    """Block sizes and the runtime geometry of the frame, shared by forward and backward."""
-    _, wh, ww = geometry.window
+    """Head dim, windows, the frame's runtime geometry and the launch's constexprs."""
     _, sh, sw = geometry.shift
     _, H, W = geometry.size
     _, hp, wp = geometry.padded
@@ -314,11 +313,25 @@ def _launch_config(qkv, geometry, num_heads, settings):
     period_h, period_w = (H, W) if geometry.roll_before_pad else (hp, wp)
     args = (H, W, hp, wp, n_win_w, n_win_h * n_win_w, sh, sw, period_h, period_w)
     head_dim = qkv.shape[-1] // (3 * num_heads)
-    block = min(settings.max_block, max(16, triton.next_power_of_2(wh * ww)))
-    meta = dict(WH=wh, WW=ww, BLOCK=block, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-                PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
-                num_warps=settings.num_warps)
+    meta = dict(_constexprs(geometry, head_dim, qkv.dtype, settings), num_warps=settings.num_warps)
     return head_dim, geometry.n_windows(qkv.shape[0]), args, meta
+
+
+def _constexprs(geometry, head_dim, dtype, settings):
+    _, wh, ww = geometry.window
+    return dict(WH=wh, WW=ww, BLOCK=min(settings.max_block, next_block(wh * ww)),
+                BLOCK_D=next_block(head_dim),
+                PRECISION="ieee" if dtype == torch.float32 else "tf32")
+
+
+def kernel_configs(geometry, head_dim, dtype, settings=None):
+    """(name, jit function, constexprs, launch options) of each kernel the launchers run for this
+    shape, for the offline compile check (benchmarks/compile_check.py)."""
+    settings = settings or Settings.for_shape(geometry, head_dim, dtype)
+    constexprs = _constexprs(geometry, head_dim, dtype, settings)
+    return [("fwd", _window_attn_fwd, constexprs, dict(num_warps=settings.num_warps, num_stages=3)),
+            ("bwd", _window_attn_bwd, constexprs,
+             dict(num_warps=settings.num_warps, num_stages=settings.bwd_num_stages))]
 
 
 def _bias_tiles(rel_bias, n_padded):

@@ -12,9 +12,12 @@ Softmax in base 2: exp2, with log2(e) folded into the scale, the bias and the ma
 qkv-bias and logit-scale gradients are summed in fp32 per program and the partials added after the
 kernels: deterministic, no atomics.
 """
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -37,10 +40,14 @@ class Settings:
 
     @classmethod
     def for_shape(cls, geometry, head_dim, dtype):
-        """Defaults from the offline sm_90 compile (benchmarks/compile_check.py): no spills at head
-        dims up to 64; 8 warps where the tile rows hold 128 fp32 head-dim values."""
-        wide = next_block(head_dim) * dtype.itemsize > 128
-        return cls(fwd_warps=8 if wide else 4, bwd_warps=8 if wide else 4)
+        """From the offline sm_90 compile (benchmarks/compile_check.py): a 64-row tile feeding
+        chained dots gets no more registers from 8 warps than from 4, so 4, and 8 only where 4
+        would spill (tile rows of 128 bytes and more); the forward's window loop pipelined 2 deep
+        (cp.async into shared memory frees registers) while tile rows are at most 128 bytes."""
+        row_bytes = next_block(head_dim) * dtype.itemsize
+        wide = row_bytes >= 128
+        return cls(fwd_warps=8 if row_bytes > 128 else 4, fwd_stages=1 if row_bytes > 128 else 2,
+                   bwd_warps=8 if wide else 4)
 
 
 def unsupported(geometry):
@@ -74,9 +81,11 @@ def _axis(frame, padded, period, size, shift, WINDOW: tl.constexpr):
 
 
 @triton.jit
-def _window_tokens(win, offs, geom, WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr):
-    """Image, source token (within the image), validity and region label (9 t + 3 h + w) of the
-    tokens `offs` (row-major t, h, w) of window `win`; the time axis compiles away when WT == 1."""
+def _window_tokens(win, offs, geom, WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr,
+                   LABELS: tl.constexpr):
+    """Image, source token (within the image), validity and, with LABELS, region label
+    (9 t + 3 h + w) of the tokens `offs` (row-major t, h, w) of window `win`; the time axis
+    compiles away when WT == 1."""
     T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w, \
         n_win_h, n_win_w, n_win_img = geom
     win = tl.cast(win, tl.int32)  # the interpreter iterates Python ints
@@ -89,14 +98,35 @@ def _window_tokens(win, offs, geom, WT: tl.constexpr, WH: tl.constexpr, WW: tl.c
     w, valid_w, label_w = _axis(plane % n_win_w * WW + offs % WW, Wp, period_w, W, shift_w, WW)
     token = h * W + w
     valid = (offs < WT * WH * WW) & valid_h & valid_w
-    label = label_h * 3 + label_w
+    label = 0
+    if LABELS:
+        label = label_h * 3 + label_w
     if WT > 1:
         t, valid_t, label_t = _axis(win % n_win_img // (n_win_h * n_win_w) * WT + offs // (WH * WW),
                                     Tp, period_t, T, shift_t, WT)
         token += t * (H * W)
         valid = valid & valid_t
-        label += label_t * 9
+        if LABELS:
+            label += label_t * 9
     return image.to(tl.int64), token, valid, label
+
+
+@triton.jit
+def _window_class(win, geom, WT: tl.constexpr):
+    """Which mask a window's tokens see: bit 2, 1, 0 set where the window is the last along t, h,
+    w of an axis that shifts; only there do its tokens fall in two regions of that axis."""
+    T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w, \
+        n_win_h, n_win_w, n_win_img = geom
+    win = tl.cast(win, tl.int32)
+    plane = win % n_win_img
+    if WT > 1:
+        plane = plane % (n_win_h * n_win_w)
+    last = ((plane // n_win_w == n_win_h - 1) & (shift_h > 0)).to(tl.int32) * 2 \
+        + ((plane % n_win_w == n_win_w - 1) & (shift_w > 0)).to(tl.int32)
+    if WT > 1:
+        last += ((win % n_win_img // (n_win_h * n_win_w) == Tp // WT - 1)
+                 & (shift_t > 0)).to(tl.int32) * 4
+    return last
 
 
 @triton.jit
@@ -121,6 +151,13 @@ def _bias_tile(BIAS, head, offs_m, offs_n, N: tl.constexpr):
     mask = (offs_m < N)[:, None] & (offs_n < N)[None, :]
     tile = tl.load(BIAS + head * N * N + offs_m[:, None] * N + offs_n[None, :], mask=mask, other=0.0)
     return tile * LOG2E
+
+
+@triton.jit
+def _table_tile(TABLE, win_class, head, n_heads, offs, BLOCK: tl.constexpr):
+    """The window class's (bias + mask) tile of the head, in log2 units, -inf past N keys."""
+    return tl.load(TABLE + ((win_class * n_heads + head) * BLOCK + offs[:, None]) * BLOCK
+                   + offs[None, :])
 
 
 @triton.jit
@@ -154,19 +191,18 @@ def _pad_sum(x, valid, offs, N: tl.constexpr):
 
 @triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows"])
 def _fwd_window(
-    QKV, OUT, BIAS, QKV_BIAS, LOGIT_SCALE,
+    QKV, OUT, TABLE, QKV_BIAS, LOGIT_SCALE,
     stride_qb, stride_ql, stride_qc,
     T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
     n_win_h, n_win_w, n_win_img,
     n_windows, scale, n_heads, head_dim,
     WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
-    BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr,
-    COSINE: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """Program (head, group) over windows group, group + groups, ..., each window one tile:
-    S = (Q K^T * scale + bias + mask) * log2(e), -inf past the window's N keys
+    S = Q K^T * scale * log2(e) + table[window class, head] ((bias + mask) * log2(e), -inf past N)
     O = exp2(S - rowmax) V / rowsum(exp2(S - rowmax)), written to each token's row of out."""
-    N: tl.constexpr = WT * WH * WW
     head = tl.program_id(0)
     group = tl.program_id(1)
     geom = (T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
@@ -180,13 +216,10 @@ def _fwd_window(
     k_fill = _fill(QKV_BIAS, C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
     v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
     scale2 = _head_scale(scale, LOGIT_SCALE, head, COSINE) * LOG2E
-    bias2 = 0.0
-    if HAS_BIAS:
-        bias2 = _bias_tile(BIAS, head, offs, offs, N)
     out_col = head * head_dim + offs_d
 
     for w in range(group, n_windows, tl.num_programs(1)):
-        image, token, valid, label = _window_tokens(w, offs, geom, WT, WH, WW)
+        image, token, valid, _ = _window_tokens(w, offs, geom, WT, WH, WW, False)
         rows = image * stride_qb + token.to(tl.int64) * stride_ql
         q = _load_head(QKV, rows, valid, col, dmask, no_fill)
         k = _load_head(QKV, rows, valid, col + C * stride_qc, dmask, k_fill)
@@ -194,7 +227,8 @@ def _fwd_window(
         if COSINE:
             q, _ = normalize_rows(q)
             k, _ = normalize_rows(k)
-        _, s = _scores(q, k, bias2, label, label, offs, scale2, N, HAS_BIAS, PRECISION)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale2 \
+            + _table_tile(TABLE, _window_class(w, geom, WT), head, n_heads, offs, BLOCK)
         p = tl.exp2(s - tl.max(s, axis=1)[:, None])
         o = tl.dot(p.to(v.dtype), v, input_precision=PRECISION) / tl.sum(p, axis=1)[:, None]
         out_rows = (image * (T * H * W) + token) * C
@@ -204,7 +238,7 @@ def _fwd_window(
 
 @triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows"])
 def _bwd_window(
-    QKV, DOUT, DQKV, BIAS, QKV_BIAS, LOGIT_SCALE, DBIAS, DPAD, DSCALE,
+    QKV, DOUT, DQKV, TABLE, QKV_BIAS, LOGIT_SCALE, DBIAS, DPAD, DSCALE,
     stride_qb, stride_ql, stride_qc,
     T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
     n_win_h, n_win_w, n_win_img,
@@ -215,7 +249,7 @@ def _bwd_window(
 ):
     """Program (head, group) over windows group, group + groups, ..., each window on chip:
     P = softmax(S) recomputed whole, dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(P * dP))
-    dQ = dS K * scale, dK = dS^T Q * scale; dbias = sum of dS over the program's windows."""
+    dQ = dS K * scale, dK = dS^T Q * scale; dbias: dS added into the program's own partial."""
     N: tl.constexpr = WT * WH * WW
     head = tl.program_id(0)
     group = tl.program_id(1)
@@ -230,18 +264,16 @@ def _bwd_window(
     k_fill = _fill(QKV_BIAS, C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
     v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
     s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
-    scale2 = s_scale * LOG2E
-    bias2 = 0.0
-    if HAS_BIAS:
-        bias2 = _bias_tile(BIAS, head, offs, offs, N)
     out_col = head * head_dim + offs_d
+    part = group * n_heads + head
+    # a 64 x 64 fp32 sum in registers across windows spills at 4 warps (ptxas, sm_90)
+    partial = DBIAS + part.to(tl.int64) * BLOCK * BLOCK + offs[:, None] * BLOCK + offs[None, :]
 
-    dbias = tl.zeros([BLOCK, BLOCK], tl.float32)
     dk_pad = tl.zeros([BLOCK_D], tl.float32)
     dv_pad = tl.zeros([BLOCK_D], tl.float32)
     dscale = tl.zeros([BLOCK], tl.float32)
     for w in range(group, n_windows, tl.num_programs(1)):
-        image, token, valid, label = _window_tokens(w, offs, geom, WT, WH, WW)
+        image, token, valid, _ = _window_tokens(w, offs, geom, WT, WH, WW, False)
         rows = image * stride_qb + token.to(tl.int64) * stride_ql
         mask = valid[:, None] & dmask[None, :]
         q = _load_head(QKV, rows, valid, col, dmask, no_fill)
@@ -252,13 +284,16 @@ def _bwd_window(
         if COSINE:
             q, q_norm = normalize_rows(q)
             k, k_norm = normalize_rows(k)
-        raw, s = _scores(q, k, bias2, label, label, offs, scale2, N, HAS_BIAS, PRECISION)
+        raw = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        s = raw * (s_scale * LOG2E) \
+            + _table_tile(TABLE, _window_class(w, geom, WT), head, n_heads, offs, BLOCK)
         p = tl.exp2(s - tl.max(s, axis=1)[:, None])
         p = p / tl.sum(p, axis=1)[:, None]
         dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])
-        dbias += ds
+        if HAS_BIAS:
+            tl.store(partial, tl.load(partial) + ds)
         if COSINE:
             dscale += tl.sum(ds * raw, axis=1)
         dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * s_scale
@@ -272,11 +307,9 @@ def _bwd_window(
         tl.store(grad + 2 * C, dv.to(DQKV.dtype.element_ty), mask=mask)
         dk_pad += _pad_sum(dk, valid, offs, N)
         dv_pad += _pad_sum(dv, valid, offs, N)
+        # the next window reads the bias partial back, maybe from another thread of the program
+        tl.debug_barrier()
 
-    part = group * n_heads + head
-    square = (offs < N)[:, None] & (offs < N)[None, :]
-    tl.store(DBIAS + part.to(tl.int64) * N * N + offs[:, None] * N + offs[None, :], dbias,
-             mask=square)
     tl.store(DPAD + part * 2 * BLOCK_D + offs_d, dk_pad)
     tl.store(DPAD + part * 2 * BLOCK_D + BLOCK_D + offs_d, dv_pad)
     tl.store(DSCALE + part, tl.sum(dscale, axis=0))
@@ -329,7 +362,7 @@ def _fwd_tiled(
     v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
     scale2 = _head_scale(scale, LOGIT_SCALE, head, COSINE) * LOG2E
 
-    image, token_m, valid_m, label_m = _window_tokens(win, offs_m, geom, WT, WH, WW)
+    image, token_m, valid_m, label_m = _window_tokens(win, offs_m, geom, WT, WH, WW, True)
     base = image * stride_qb
     q = _load_head(QKV, base + token_m.to(tl.int64) * stride_ql, valid_m, col, dmask,
                    tl.zeros([BLOCK_D], tl.float32))
@@ -340,7 +373,7 @@ def _fwd_tiled(
     acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     for start_n in range(0, N, BLOCK):
         offs_n = start_n + tl.arange(0, BLOCK)
-        _, token_n, valid_n, label_n = _window_tokens(win, offs_n, geom, WT, WH, WW)
+        _, token_n, valid_n, label_n = _window_tokens(win, offs_n, geom, WT, WH, WW, True)
         rows_n = base + token_n.to(tl.int64) * stride_ql
         k = _load_head(QKV, rows_n, valid_n, col + C * stride_qc, dmask, k_fill)
         v = _load_head(QKV, rows_n, valid_n, col + 2 * C * stride_qc, dmask, v_fill)
@@ -395,7 +428,7 @@ def _bwd_dq_tiled(
     s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
     scale2 = s_scale * LOG2E
 
-    image, token_m, valid_m, label_m = _window_tokens(win, offs_m, geom, WT, WH, WW)
+    image, token_m, valid_m, label_m = _window_tokens(win, offs_m, geom, WT, WH, WW, True)
     base = image * stride_qb
     mask_m = valid_m[:, None] & dmask[None, :]
     q = _load_head(QKV, base + token_m.to(tl.int64) * stride_ql, valid_m, col, dmask,
@@ -413,7 +446,7 @@ def _bwd_dq_tiled(
     dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     for start_n in range(0, N, BLOCK):
         offs_n = start_n + tl.arange(0, BLOCK)
-        _, token_n, valid_n, label_n = _window_tokens(win, offs_n, geom, WT, WH, WW)
+        _, token_n, valid_n, label_n = _window_tokens(win, offs_n, geom, WT, WH, WW, True)
         rows_n = base + token_n.to(tl.int64) * stride_ql
         k = _load_head(QKV, rows_n, valid_n, col + C * stride_qc, dmask, k_fill)
         v = _load_head(QKV, rows_n, valid_n, col + 2 * C * stride_qc, dmask, v_fill)
@@ -470,7 +503,7 @@ def _bwd_dkdv_tiled(
     dv_pad = tl.zeros([BLOCK_D], tl.float32)
     dscale = tl.zeros([BLOCK], tl.float32)
     for w in range(group, n_windows, groups):
-        image, token_n, valid_n, label_n = _window_tokens(w, offs_n, geom, WT, WH, WW)
+        image, token_n, valid_n, label_n = _window_tokens(w, offs_n, geom, WT, WH, WW, True)
         base = image * stride_qb
         rows_n = base + token_n.to(tl.int64) * stride_ql
         k = _load_head(QKV, rows_n, valid_n, col + C * stride_qc, dmask, k_fill)
@@ -482,7 +515,7 @@ def _bwd_dkdv_tiled(
         dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
         for start_m in range(0, N, BLOCK):
             offs_m = start_m + tl.arange(0, BLOCK)
-            _, token_m, valid_m, label_m = _window_tokens(w, offs_m, geom, WT, WH, WW)
+            _, token_m, valid_m, label_m = _window_tokens(w, offs_m, geom, WT, WH, WW, True)
             q = _load_head(QKV, base + token_m.to(tl.int64) * stride_ql, valid_m, col, dmask,
                            no_fill)
             if COSINE:
@@ -536,21 +569,63 @@ def _programs_wanted(device, programs_per_sm):
     return programs_per_sm * torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _launch(qkv, geometry, num_heads, settings):
-    """(settings, head_dim, the kernels' shared keyword arguments)."""
-    head_dim = qkv.shape[-1] // (3 * num_heads)
+def _launch(geometry, head_dim, dtype, settings):
+    """(settings, the kernels' shared keyword arguments: geometry, constexprs)."""
     if settings is None:
-        settings = Settings.for_shape(geometry, head_dim, qkv.dtype)
+        settings = Settings.for_shape(geometry, head_dim, dtype)
     block = min(settings.block, next_block(geometry.tokens))
     meta = dict(**geometry.kernel_args(), **geometry.constexprs(), BLOCK=block,
-                BLOCK_D=next_block(head_dim),
-                PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32")
-    return settings, head_dim, meta
+                BLOCK_D=next_block(head_dim), PRECISION="ieee" if dtype == torch.float32 else "tf32")
+    return settings, meta
+
+
+def kernel_configs(geometry, head_dim, dtype, settings=None):
+    """(name, jit function, constexprs, launch options) of each kernel the launchers run for this
+    shape, for the offline compile check (benchmarks/compile_check.py)."""
+    settings, meta = _launch(geometry, head_dim, dtype, settings)
+    constexprs = {k: meta[k] for k in ("WT", "WH", "WW", "BLOCK", "BLOCK_D", "PRECISION")}
+    fwd = dict(num_warps=settings.fwd_warps, num_stages=settings.fwd_stages)
+    bwd = dict(num_warps=settings.bwd_warps, num_stages=settings.bwd_stages)
+    if _one_tile(geometry, settings):
+        return [("fwd", _fwd_window, constexprs, fwd), ("bwd", _bwd_window, constexprs, bwd)]
+    return [("fwd", _fwd_tiled, constexprs, fwd), ("bwd dq", _bwd_dq_tiled, constexprs, bwd),
+            ("bwd dk/dv", _bwd_dkdv_tiled, constexprs, bwd)]
 
 
 def _flags(rel_bias, qkv_bias, logit_scale):
     return dict(HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
                 COSINE=logit_scale is not None)
+
+
+@functools.lru_cache(maxsize=64)
+def _class_masks(window, shift, classes, block, device):
+    """(classes, 1, block, block) fp32: the shift mask (-100 between regions) of each window class
+    (_window_class), -inf in key columns past the window's N tokens."""
+    n = math.prod(window)
+    axes = [torch.arange(w, device=device) for w in window]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).reshape(3, n)
+    window, shift = torch.tensor(window, device=device), torch.tensor(shift, device=device)
+    # in the last window along a shifting axis, tokens from w - s on lie in the region (-s, None)
+    second = (coords >= (window - shift)[:, None]).long()
+    bits = torch.tensor([[c >> 2 & 1, c >> 1 & 1, c & 1] for c in range(classes)], device=device)
+    bits = bits * (shift > 0)
+    weights = torch.tensor([9, 3, 1], device=device)
+    labels = (bits[:, :, None] * (1 + second) * weights[:, None]).sum(1)  # (classes, n)
+    masks = torch.full((classes, 1, block, block), float("-inf"), device=device)
+    masks[..., :n] = 0.0
+    masks[:, 0, :n, :n] = (labels[:, :, None] != labels[:, None, :]) * -100.0
+    return masks
+
+
+def _bias_mask_table(rel_bias, geometry, num_heads, block, device):
+    """(classes, heads, block, block) fp32 in log2 units, the one-tile kernels' scores offset:
+    (bias + shift mask) * log2(e) of each window class, -inf in key columns past N."""
+    masks = _class_masks(geometry.window, geometry.shift, 8 if geometry.is_3d else 4, block, device)
+    if rel_bias is None:
+        return (masks * LOG2E.value).expand(-1, num_heads, -1, -1).contiguous()
+    n = geometry.tokens
+    bias = F.pad(rel_bias.float(), (0, block - n, 0, block - n))
+    return (bias[None] + masks) * LOG2E.value
 
 
 def _groups(n_windows, per_group_programs, device, settings):
@@ -563,7 +638,8 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_hea
                          settings=None):
     """Returns out (B, T*H*W, heads*head_dim) and the softmax row statistics the backward needs
     (stats_shape: empty for one-tile windows)."""
-    settings, head_dim, meta = _launch(qkv, geometry, num_heads, settings)
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    settings, meta = _launch(geometry, head_dim, qkv.dtype, settings)
     B, L, C3 = qkv.shape
     n_windows = geometry.n_windows(B)
     out = qkv.new_empty(B, L, C3 // 3)
@@ -574,9 +650,11 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_hea
                   **_flags(rel_bias, qkv_bias, logit_scale), **meta)
     if _one_tile(geometry, settings):
         groups = _groups(n_windows, num_heads, qkv.device, settings)
+        table = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"], qkv.device)
+        common.pop("HAS_BIAS")
         _fwd_window[(num_heads, groups)](
-            qkv, out, *pointers, *qkv.stride(), n_windows=n_windows, num_warps=settings.fwd_warps,
-            num_stages=settings.fwd_stages, **common)
+            qkv, out, table, *pointers[1:], *qkv.stride(), n_windows=n_windows,
+            num_warps=settings.fwd_warps, num_stages=settings.fwd_stages, **common)
     else:
         n_blocks = triton.cdiv(geometry.tokens, meta["BLOCK"])
         _fwd_tiled[(n_windows * num_heads * n_blocks,)](
@@ -590,7 +668,8 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
                          num_heads, scale, settings=None):
     """Returns dqkv (qkv's shape, contiguous) and fp32 grads of rel_bias (heads, N, N), qkv_bias
     (3*heads*head_dim,) from the padded keys and values, and logit_scale (heads,)."""
-    settings, head_dim, meta = _launch(qkv, geometry, num_heads, settings)
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    settings, meta = _launch(geometry, head_dim, qkv.dtype, settings)
     n = geometry.tokens
     n_windows = geometry.n_windows(qkv.shape[0])
     f32 = dict(dtype=torch.float32, device=qkv.device)
@@ -603,11 +682,12 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
     launch = dict(num_warps=settings.bwd_warps, num_stages=settings.bwd_stages)
     if _one_tile(geometry, settings):
         groups = _groups(n_windows, num_heads, qkv.device, settings)
-        dbias = torch.empty(groups, num_heads, n, n, **f32)
+        dbias = torch.zeros(groups, num_heads, meta["BLOCK"], meta["BLOCK"], **f32)
         dpad = torch.empty(groups * num_heads, 2, meta["BLOCK_D"], **f32)
         dscale = torch.empty(groups, num_heads, **f32)
+        table = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"], qkv.device)
         _bwd_window[(num_heads, groups)](
-            qkv, dout, dqkv, *pointers, dbias, dpad, dscale, *qkv.stride(),
+            qkv, dout, dqkv, table, *pointers[1:], dbias, dpad, dscale, *qkv.stride(),
             n_windows=n_windows, **common, **launch)
     else:
         n_blocks = triton.cdiv(n, meta["BLOCK"])
