@@ -26,6 +26,8 @@ from swin_fused.cifar.cli import PROG, main
 from tests.conftest import DEVICE
 from tests.helpers import assert_close, kernel_launches
 
+pytestmark = pytest.mark.usefixtures("kernel_generation")
+
 CLASSES = ["cat", "dog", "ship"]
 TINY_MODEL = {"arch": ckpt.ARCH, "embed_dim": 16, "depths": [2], "heads": [1], "window_size": 4,
               "patch_size": 2, "mlp_ratio": 1, "n_classes": 3}

@@ -24,6 +24,8 @@ from swin_fused.families import torchvision as torchvision_family
 from tests.conftest import DEVICE
 from tests.helpers import ON_GPU, assert_close, kernel_launches
 
+pytestmark = pytest.mark.usefixtures("kernel_generation")
+
 # fp32: max error over the float64 result's max magnitude
 FP32_RTOL = 1e-5
 EAGER_ERROR_RATIO = 2.0
