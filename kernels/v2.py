@@ -2,15 +2,16 @@
 
 One-tile windows (N <= Settings.block: every Swin-T and CIFAR stage): a persistent grid of
 (head, window group) programs, head fastest in launch order, so the programs that read one window's
-qkv rows run side by side. A program loads its head's bias once and keeps it in registers for all
-its windows, and computes a window's token rows and region labels once for q, k and v. The backward
-is one pass per window with everything on chip: P is recomputed whole and delta = rowsum(P * dP),
-so it reads neither out nor softmax statistics, and the forward keeps none.
+qkv rows run side by side. A window's token rows are computed once for its q, k and v; its bias and
+shift mask come as one tile of a small table, (bias + mask) * log2(e) per window class (interior,
+last along an axis that shifts, ...), so no region labels are computed at all. The backward is one
+pass per window with everything on chip: P is recomputed whole and delta = rowsum(P * dP), so it
+reads neither out nor softmax statistics, and the forward keeps none.
 Tiled windows (up to 1024 tokens, e.g. 3-D 8x7x7): an online-softmax forward, and a backward split
-into a dq kernel (which also computes delta) and a dk/dv kernel.
+into a dq kernel (which also computes delta) and a dk/dv kernel; region labels from coordinates.
 Softmax in base 2: exp2, with log2(e) folded into the scale, the bias and the mask. The bias,
-qkv-bias and logit-scale gradients are summed in fp32 per program and the partials added after the
-kernels: deterministic, no atomics.
+qkv-bias and logit-scale gradients are summed in fp32 per program (the bias's in a partial only that
+program touches) and the partials added after the kernels: deterministic, no atomics.
 """
 import functools
 import math
