@@ -75,14 +75,21 @@ def ptxas_report(ptx):
 
 
 def cases(generation, quick):
-    """(dtype, head dim, window, cosine): the no-spill shapes first, cosine at 7x7, 3-D for v2."""
-    head_dims = (32, 64) if quick else (16, 32, 64, 128)
-    windows = ((1, 7, 7), (1, 8, 8)) + (() if quick else ((1, 4, 4), (1, 9, 9)))
-    rows = [(d, h, w, False) for w in windows for d in DTYPES for h in head_dims]
-    rows += [(d, h, (1, 7, 7), True) for d in DTYPES for h in head_dims]
-    if generation == "v2":
-        rows += [(d, h, w, False) for w in WINDOWS_3D for d in DTYPES for h in (32, 64)]
-    return rows
+    """(dtype, head dim, window, cosine): the no-spill shapes first, then cosine at 7x7, other
+    windows, and 3-D for v2. Quick: the no-spill shapes, and 8x7x7 and 7x7x7 in bf16 for v2."""
+    rows = [(d, h, w, False) for w in NO_SPILL["windows"] for d in NO_SPILL["dtypes"]
+            for h in NO_SPILL["head_dims"]]
+    three_d = [(d, h, w, False) for w in WINDOWS_3D for d in DTYPES for h in (32, 64)]
+    if quick:
+        return rows + ([r for r in three_d if r[0] == "bf16" and r[1] == 32 and r[2][0] > 2]
+                       if generation == "v2" else [])
+    rows += [(d, h, w, False) for w in NO_SPILL["windows"] for d, h in (("fp32", 16), ("fp32", 32),
+                                                                       ("fp32", 64))]
+    rows += [(d, 128, w, False) for w in NO_SPILL["windows"] for d in DTYPES]
+    rows += [(d, h, (1, 7, 7), True) for d in DTYPES for h in (16, 32, 64, 128)]
+    rows += [(d, h, w, False) for w in ((1, 4, 4), (1, 9, 9)) for d in DTYPES
+             for h in (16, 32, 64, 128)]
+    return rows + (three_d if generation == "v2" else [])
 
 
 def must_not_spill(generation, dtype_name, head_dim, window):
@@ -94,7 +101,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", choices=GENERATIONS, action="append",
                         help="generation to compile (repeatable); default both")
-    parser.add_argument("--quick", action="store_true", help="7x7 and 8x8, head dims 32 and 64")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the no-spill shapes (and two 3-D windows for v2)")
     args = parser.parse_args()
     ok = True
     print(f"{'gen':3} {'dtype':5} {'hdim':>4} {'window':>7} {'cos':>3}  "
