@@ -3,14 +3,14 @@
 One-tile windows (N <= Settings.block: every Swin-T and CIFAR stage): a persistent grid of
 (head, window group) programs, head fastest in launch order, so the programs that read one window's
 qkv rows run side by side. A window's token rows are computed once for its q, k and v; its bias and
-shift mask come as one tile of a small table, bias + mask per window class (interior,
-last along an axis that shifts, ...), so no region labels are computed at all. The backward is one
+shift mask come as one tile of a small table, bias + mask per window class (interior, last along
+an axis that shifts, ...), so no region labels are computed at all. The backward is one
 pass per window with everything on chip: P is recomputed whole and delta = rowsum(P * dP), so it
 reads neither out nor softmax statistics, and the forward keeps none.
 Tiled windows (up to 1024 tokens, e.g. 3-D 8x7x7): an online-softmax forward, and a backward split
 into a dq kernel (which also computes delta) and a dk/dv kernel; region labels from coordinates.
 Softmax by exp2((S - rowmax) * log2(e)): scores stay in natural units, since folding log2(e) into
-the scale rounds large cosine logits (scale up to 100) worse than eager (measured on timm V2). The bias,
+the scale rounds large cosine logits (scale up to 100) worse than eager (seen on timm V2). The bias,
 qkv-bias and logit-scale gradients are summed in fp32 per program (the bias's in a partial only that
 program touches) and the partials added after the kernels: deterministic, no atomics.
 """
