@@ -28,7 +28,8 @@ SHARED_LIMIT = 227 * 1024
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 GENERATIONS = {"v1": v1, "v2": v2}
 FLOAT_ARGS = {"scale"}
-F32_POINTERS = {"STATS", "DELTA", "BIAS", "TABLE", "QKV_BIAS", "LOGIT_SCALE", "DBIAS", "DPAD", "DSCALE"}
+F32_POINTERS = {"STATS", "DELTA", "BIAS", "TABLE", "QKV_BIAS", "LOGIT_SCALE", "DBIAS", "DPAD",
+                "DSCALE"}
 WINDOWS_3D = ((2, 3, 3), (8, 7, 7), (7, 7, 7))
 # the shapes that must not spill in v2 (the goal): head dims 16-64, 7x7 and 8x8, half
 NO_SPILL = dict(dtypes=("fp16", "bf16"), head_dims=(16, 32, 64), windows=((1, 7, 7), (1, 8, 8)))
@@ -125,10 +126,12 @@ def main():
                                f"{spilled} B ({launch['num_warps']}w {launch['num_stages']}s)"
                                + ("" if fits else " OVER SHARED") + ("" if clean else " SPILLS"))
             label = "x".join(map(str, window[1:] if window[0] == 1 else window))
-            print(f"{generation:3} {dtype_name:5} {head_dim:4} {label:>7} {'y' if cosine else 'n':>3}  "
+            print(f"{generation:3} {dtype_name:5} {head_dim:4} {label:>7} "
+                  f"{'y' if cosine else 'n':>3}  "
                   + " | ".join(reports), flush=True)
     print("every kernel fits, v2 without spills where required" if ok else
-          f"FAILED: over {SHARED_LIMIT // 1024} KB of shared memory, or v2 spills where it must not")
+          f"FAILED: over {SHARED_LIMIT // 1024} KB of shared memory, "
+          "or v2 spills where it must not")
     return 0 if ok else 1
 
 

@@ -92,7 +92,8 @@ def main():
         fwd_gbs = op_bytes(shape, 2) / fwd_ms / 1e6
         bwd_gbs = backward_bytes(shape, 2) / bwd_ms / 1e6
         print(f"{generation:3} {model:7} {shape.label:28} {fwd_ms:8.3f} {fwd_gbs:7.0f} "
-              f"{fwd_gbs / copy:5.0%} {bwd_ms:8.3f} {bwd_gbs:7.0f} {bwd_gbs / copy:5.0%}", flush=True)
+              f"{fwd_gbs / copy:5.0%} {bwd_ms:8.3f} {bwd_gbs:7.0f} {bwd_gbs / copy:5.0%}",
+              flush=True)
     if not QUICK:
         sweep([SWIN_T_STAGES[0], CIFAR_STAGES[0]])
     return 0

@@ -11,6 +11,7 @@ import collections
 import math
 from dataclasses import dataclass
 
+import torch
 import triton
 import triton.language as tl
 
@@ -80,9 +81,22 @@ def next_block(n, least=16):
     return max(least, triton.next_power_of_2(n))
 
 
+def optional_pointer(t, like):
+    """A null pointer stand-in for an absent tensor; the kernel never reads it."""
+    return t if t is not None else like
+
+
+def programs_wanted(device, programs_per_sm):
+    """Programs for a persistent grid: per SM on a GPU; few in the interpreter, where each program
+    is a Python loop."""
+    if device.type != "cuda":
+        return 4
+    return programs_per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+
+
 @triton.jit
 def normalize_rows(x):
-    """F.normalize along rows, in fp32 with its eps 1e-12 (a zero key stays zero): (y, max(|x|, eps))."""
+    """F.normalize along rows in fp32, eps 1e-12 (a zero key stays zero): (y, max(|x|, eps))."""
     xf = x.to(tl.float32)
     norm = tl.maximum(tl.sqrt(tl.sum(xf * xf, axis=1)), 1e-12)
     return (xf / norm[:, None]).to(x.dtype), norm

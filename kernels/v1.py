@@ -12,7 +12,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from swin_fused.kernels.common import LAUNCHES, next_block, normalize_rows, normalize_rows_bwd
+from swin_fused.kernels.common import (LAUNCHES, next_block, normalize_rows, normalize_rows_bwd,
+                                       optional_pointer, programs_wanted)
 
 
 @dataclass(frozen=True)
@@ -340,11 +341,6 @@ def _bias_tiles(rel_bias, n_padded):
     return F.pad(rel_bias.float(), (0, n_padded - n, 0, n_padded - n)).contiguous()
 
 
-def _optional(t, like):
-    # a null pointer stand-in for an absent tensor; the kernel never reads it
-    return t if t is not None else like
-
-
 def _settings(settings, qkv, geometry, num_heads):
     assert unsupported(geometry) is None, unsupported(geometry)
     if settings is None:
@@ -366,19 +362,12 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_hea
     rel_bias = _bias_tiles(rel_bias, n_blocks * meta["BLOCK"]) if rel_bias is not None else None
     grid = (n_windows, num_heads, n_blocks)
     _window_attn_fwd[grid](
-        qkv, out, stats, _optional(rel_bias, stats), _optional(qkv_bias, stats),
-        _optional(logit_scale, stats), *qkv.stride(), *args, scale, num_heads, head_dim,
+        qkv, out, stats, optional_pointer(rel_bias, stats), optional_pointer(qkv_bias, stats),
+        optional_pointer(logit_scale, stats), *qkv.stride(), *args, scale, num_heads, head_dim,
         HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
         COSINE=logit_scale is not None, **meta)
     LAUNCHES["fwd"] += 1
     return out, stats
-
-
-def _programs_wanted(device, programs_per_sm):
-    # enough programs for a few waves on a GPU; in the interpreter each program is a Python loop
-    if device.type != "cuda":
-        return 4
-    return programs_per_sm * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, geometry,
@@ -389,7 +378,7 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
     head_dim, n_windows, args, meta = _launch_config(qkv, geometry, num_heads, settings)
     n = geometry.tokens
     n_blocks = triton.cdiv(n, meta["BLOCK"])
-    wanted = _programs_wanted(qkv.device, settings.bwd_programs_per_sm)
+    wanted = programs_wanted(qkv.device, settings.bwd_programs_per_sm)
     groups = max(1, min(n_windows, wanted // (num_heads * n_blocks)))
     windows_per_program = triton.cdiv(n_windows, groups)
     groups = triton.cdiv(n_windows, windows_per_program)
@@ -401,9 +390,9 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
     dscale = torch.empty(groups, num_heads, n_blocks, **f32)
     rel_bias = _bias_tiles(rel_bias, n_padded) if rel_bias is not None else None
     _window_attn_bwd[(groups, num_heads, n_blocks)](
-        qkv, out, dout, stats, dqkv, _optional(rel_bias, stats), _optional(qkv_bias, stats),
-        _optional(logit_scale, stats), dbias, dpad, dscale, *qkv.stride(), *args, scale,
-        num_heads, head_dim, n_windows, windows_per_program,
+        qkv, out, dout, stats, dqkv, optional_pointer(rel_bias, stats),
+        optional_pointer(qkv_bias, stats), optional_pointer(logit_scale, stats), dbias, dpad,
+        dscale, *qkv.stride(), *args, scale, num_heads, head_dim, n_windows, windows_per_program,
         HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
         COSINE=logit_scale is not None, num_stages=settings.bwd_num_stages, **meta)
     LAUNCHES["bwd"] += 1

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from swin_fused.kernels.common import (GEOMETRY_ARGS, LAUNCHES, next_block, normalize_rows,
-                                       normalize_rows_bwd)
+                                       normalize_rows_bwd, optional_pointer, programs_wanted)
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -150,8 +150,8 @@ def _load_head(QKV, rows, valid, col, dmask, fill):
 def _bias_tile(BIAS, head, offs_m, offs_n, N: tl.constexpr):
     """Rows offs_m, columns offs_n of the head's (N, N) bias; 0 past N."""
     mask = (offs_m < N)[:, None] & (offs_n < N)[None, :]
-    tile = tl.load(BIAS + head * N * N + offs_m[:, None] * N + offs_n[None, :], mask=mask, other=0.0)
-    return tile
+    return tl.load(BIAS + head * N * N + offs_m[:, None] * N + offs_n[None, :], mask=mask,
+                   other=0.0)
 
 
 @triton.jit
@@ -392,7 +392,8 @@ def _fwd_tiled(
         m_i = m_new
 
     out_rows = (image * (T * H * W) + token_m) * C + head * head_dim
-    tl.store(OUT + out_rows[:, None] + offs_d[None, :], (acc / l_i[:, None]).to(OUT.dtype.element_ty),
+    tl.store(OUT + out_rows[:, None] + offs_d[None, :],
+             (acc / l_i[:, None]).to(OUT.dtype.element_ty),
              mask=valid_m[:, None] & dmask[None, :])
     # the row max and sum, not max + log(sum): that rounds away precision at large scores
     stats = STATS + (win.to(tl.int64) * n_heads + head) * 2 * N + offs_m
@@ -477,7 +478,7 @@ def _bwd_dkdv_tiled(
     BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr,
     COSINE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Program (key block, head, group) over windows group, group + groups, ..., query blocks in turn:
+    """Program (key block, head, group) over windows group, group + groups, ..., query blocks:
     P = exp(S - m) / l, dV = sum P^T dO, dS = P * (dO V^T - delta), dK = sum dS^T Q * scale
     dbias: dS added into the program's own column stripe of its group's partial (no atomics)."""
     N: tl.constexpr = WT * WH * WW
@@ -556,25 +557,14 @@ def _bwd_dkdv_tiled(
 
 # ---- launchers ---------------------------------------------------------------------------------
 
-def _optional(t, like):
-    # a null pointer stand-in for an absent tensor; the kernel never reads it
-    return t if t is not None else like
-
-
-def _programs_wanted(device, programs_per_sm):
-    # a persistent grid on a GPU; in the interpreter each program is a Python loop, so few
-    if device.type != "cuda":
-        return 4
-    return programs_per_sm * torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _launch(geometry, head_dim, dtype, settings):
     """(settings, the kernels' shared keyword arguments: geometry, constexprs)."""
     if settings is None:
         settings = Settings.for_shape(geometry, head_dim, dtype)
     block = min(settings.block, next_block(geometry.tokens))
     meta = dict(**geometry.kernel_args(), **geometry.constexprs(), BLOCK=block,
-                BLOCK_D=next_block(head_dim), PRECISION="ieee" if dtype == torch.float32 else "tf32")
+                BLOCK_D=next_block(head_dim),
+                PRECISION="ieee" if dtype == torch.float32 else "tf32")
     return settings, meta
 
 
@@ -629,7 +619,7 @@ def _bias_mask_table(rel_bias, geometry, num_heads, block, device):
 
 def _groups(n_windows, per_group_programs, device, settings):
     """Window groups of a persistent grid: enough programs to fill the GPU, no empty group."""
-    wanted = _programs_wanted(device, settings.programs_per_sm)
+    wanted = programs_wanted(device, settings.programs_per_sm)
     return max(1, min(n_windows, wanted // per_group_programs))
 
 
@@ -644,7 +634,8 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_hea
     out = qkv.new_empty(B, L, C3 // 3)
     stats = qkv.new_empty(stats_shape(geometry, B, num_heads, settings), dtype=torch.float32)
     rel_bias = rel_bias.float().contiguous() if rel_bias is not None else None
-    pointers = (_optional(rel_bias, out), _optional(qkv_bias, out), _optional(logit_scale, out))
+    pointers = (optional_pointer(rel_bias, out), optional_pointer(qkv_bias, out),
+                optional_pointer(logit_scale, out))
     common = dict(scale=scale, n_heads=num_heads, head_dim=head_dim,
                   **_flags(rel_bias, qkv_bias, logit_scale), **meta)
     if _one_tile(geometry, settings):
@@ -674,8 +665,8 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
     f32 = dict(dtype=torch.float32, device=qkv.device)
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     rel_bias = rel_bias.float().contiguous() if rel_bias is not None else None
-    pointers = (_optional(rel_bias, dqkv), _optional(qkv_bias, dqkv),
-                _optional(logit_scale, dqkv))
+    pointers = (optional_pointer(rel_bias, dqkv), optional_pointer(qkv_bias, dqkv),
+                optional_pointer(logit_scale, dqkv))
     common = dict(scale=scale, n_heads=num_heads, head_dim=head_dim,
                   **_flags(rel_bias, qkv_bias, logit_scale), **meta)
     launch = dict(num_warps=settings.bwd_warps, num_stages=settings.bwd_stages)

@@ -85,7 +85,8 @@ def _check_arguments(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, lo
     """size, window, shift: (T, H, W) triples; a 2-D call has T = 1, window_t = 1, shift_t = 0."""
     layout = "T*H*W" if len(size) == 3 else "H*W"
     if qkv.dim() != 3:
-        raise ValueError(f"qkv must be (B, {layout}, 3*heads*head_dim), got shape {tuple(qkv.shape)}")
+        raise ValueError(f"qkv must be (B, {layout}, 3*heads*head_dim), "
+                         f"got shape {tuple(qkv.shape)}")
     B, L, C3 = qkv.shape
     if L != math.prod(size):
         raise ValueError(f"qkv has {L} tokens but {layout} = {'*'.join(map(str, size))} = "

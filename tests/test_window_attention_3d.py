@@ -1,5 +1,5 @@
-"""The 3-D op (windows over a (T, H, W) map) against the plain-PyTorch op in float64, outputs and all
-gradients; the plain-PyTorch op against torchvision's video Swin attention; v1's refusal."""
+"""The 3-D op (windows over a (T, H, W) map) against the plain-PyTorch op in float64, outputs and
+all gradients; the plain-PyTorch op against torchvision's video Swin attention; v1's refusal."""
 import pytest
 import torch
 import torch.nn.functional as F
