@@ -36,13 +36,6 @@ class Settings:
         return replace(settings, bwd_num_stages=3 if one_tile and row_bytes <= 128 else 1)
 
 
-def unsupported(geometry):
-    """Why v1 cannot serve these windows, or None."""
-    if geometry.is_3d:
-        return "kernel v1 serves 2-D windows only (T = 1, window_t = 1); v2 serves 3-D"
-    return None
-
-
 def stats_shape(geometry, batch, num_heads):
     """The forward's softmax row statistics, kept for the backward."""
     return (geometry.n_windows(batch), num_heads, 2, geometry.tokens)
@@ -342,7 +335,7 @@ def _bias_tiles(rel_bias, n_padded):
 
 
 def _settings(settings, qkv, geometry, num_heads):
-    assert unsupported(geometry) is None, unsupported(geometry)
+    assert not geometry.is_3d, "kernel v1 serves 2-D windows only (the op falls back for 3-D)"
     if settings is None:
         settings = Settings.for_shape(geometry, qkv.shape[-1] // (3 * num_heads), qkv.dtype)
     return settings

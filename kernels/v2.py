@@ -51,11 +51,6 @@ class Settings:
                    bwd_warps=8 if wide else 4)
 
 
-def unsupported(geometry):
-    """v2 serves every geometry the op accepts."""
-    return None
-
-
 def _one_tile(geometry, settings):
     return geometry.tokens <= settings.block
 

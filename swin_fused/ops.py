@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from swin_fused.eager import _pair, _triple, window_attention_eager_3d
+from swin_fused.eager import _pair, _triple, window_attention_eager, window_attention_eager_3d
 
 MAX_WINDOW_TOKENS = 1024
 MAX_HEAD_DIM = 128  # fp32 tiles of 256 overflow shared memory
@@ -156,15 +156,17 @@ def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, s
     scale = head_dim ** -0.5 if scale is None else float(scale)
     ok, why = (False, "attention dropout p > 0 in training is not fused") \
         if attn_dropout > 0 and training else supports(qkv, window, num_heads)
-    if ok:
-        why = _kernels(kernel).unsupported(_geometry(size, window, shift, roll_before_pad))
-        ok = why is None
+    if ok and kernel == "v1" and (size[0] > 1 or window[0] > 1):
+        ok, why = False, "kernel v1 serves 2-D windows only (T = 1, window_t = 1); v2 serves 3-D"
     if not ok:
         fallback(why)
-        return window_attention_eager_3d(
-            qkv, *size, num_heads, window, shift, rel_bias=rel_bias, qkv_bias=qkv_bias,
-            scale=scale, logit_scale=logit_scale, roll_before_pad=roll_before_pad,
-            attn_dropout=attn_dropout, training=training)
+        kwargs = dict(rel_bias=rel_bias, qkv_bias=qkv_bias, scale=scale, logit_scale=logit_scale,
+                      roll_before_pad=roll_before_pad, attn_dropout=attn_dropout,
+                      training=training)
+        if size[0] == 1 and window[0] == 1:
+            return window_attention_eager(qkv, *size[1:], num_heads, window[1:], shift[1:],
+                                          **kwargs)
+        return window_attention_eager_3d(qkv, *size, num_heads, window, shift, **kwargs)
     out, _ = torch.ops.swin_fused.window_attention_fwd(
         qkv, rel_bias, qkv_bias, logit_scale, list(size), num_heads, list(window), list(shift),
         scale, roll_before_pad, kernel)
