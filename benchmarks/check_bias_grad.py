@@ -3,12 +3,15 @@
 Races between programs that accumulate one gradient (the relative position bias, summed over every
 window; the qkv bias, over every padded token) do not show in Triton's interpreter, which runs one
 program at a time. This runs fp32 inputs at batch 128 at Swin-T stage 1 and at CIFAR stage 1 (which
-pads), twice each with fresh inputs, prints the relative errors and exits 1 above the tolerance.
+pads), twice each with fresh inputs, with each kernel generation, prints the relative errors and
+exits 1 above the tolerance.
 
     python -m benchmarks.check_bias_grad [--batch 128] [--tol 1e-4]
 """
 import argparse
 import dataclasses
+import functools
+import itertools
 import os
 import sys
 
@@ -37,12 +40,13 @@ def main():
     args = parser.parse_args()
 
     worst = 0.0
-    for shape in (STAGE1, CIFAR_STAGES[0]):
+    for kernel, shape in itertools.product(("v1", "v2"), (STAGE1, CIFAR_STAGES[0])):
         shape = dataclasses.replace(shape, batch=args.batch)
+        fused = functools.partial(swin_fused.window_attention, kernel=kernel)
         for seed in (1, 2):
             inputs, dout = op_inputs(shape, torch.float32, DEVICE, seed=seed)
             launches = fused_launches()
-            got = gradients(swin_fused.window_attention, shape, inputs, dout)
+            got = gradients(fused, shape, inputs, dout)
             assert fused_launches() == launches + 2, "the fused kernels did not run"
             as64 = {k: v.double() for k, v in inputs.items()}
             expected = gradients(window_attention_eager, shape, as64, dout.double())
@@ -50,7 +54,7 @@ def main():
             if shape.H % shape.window == 0:
                 del errors["dqkv_bias"]  # nothing pads, so the reference gradient is exactly zero
             worst = max([worst] + [e if e == e else float("inf") for e in errors.values()])
-            print(f"{shape.label} seed {seed}: "
+            print(f"{kernel} {shape.label} seed {seed}: "
                   + "  ".join(f"{k} {v:.2e}" for k, v in errors.items()), flush=True)
     ok = worst <= args.tol
     print(f"bias/qkv gradient check: worst relative error {worst:.2e} "

@@ -288,7 +288,7 @@ def free_memory():
 
 def fused_launches():
     """Launches of the fused Triton kernels so far: a case asserts that its kernels really ran."""
-    from swin_fused.kernels.window_attention import LAUNCHES
+    from swin_fused.kernels.common import LAUNCHES
     return sum(LAUNCHES.values())
 
 

@@ -3,11 +3,13 @@
     import swin_fused
     swin_fused.patch(model)            # the article's, torchvision's or timm's Swin, in place
     y = swin_fused.window_attention(qkv, H, W, num_heads, window_size, shift_size, ...)
+    y = swin_fused.window_attention_3d(qkv, T, H, W, num_heads, window_size, shift_size, ...)
 
 Importing works without a GPU; Triton is imported only when a kernel first runs.
 """
-from swin_fused.ops import FallbackError, supports, window_attention
+from swin_fused.ops import FallbackError, supports, window_attention, window_attention_3d
 from swin_fused.patching import patch, unpatch
 
-__all__ = ["window_attention", "supports", "patch", "unpatch", "FallbackError"]
+__all__ = ["window_attention", "window_attention_3d", "supports", "patch", "unpatch",
+           "FallbackError"]
 __version__ = "0.1.0"

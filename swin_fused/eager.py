@@ -11,6 +11,10 @@ def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
 
+def _triple(v):
+    return (v, v, v) if isinstance(v, int) else tuple(v)
+
+
 def region_labels(size, window, shift, device):
     """Shift-mask region of each position along one padded axis: slices (0,-w), (-w,-s), (-s,None)."""
     pos = torch.arange(size, device=device)
@@ -30,26 +34,40 @@ def window_attention_eager(qkv, H, W, num_heads, window_size, shift_size=0, *, r
     padding, or before it when roll_before_pad, as timm does), partitions, attends with the relative
     bias and the -100 region mask, and undoes it all. Returns (B, H*W, heads*hd).
     """
-    wh, ww = _pair(window_size)
-    sh, sw = _pair(shift_size)
+    return window_attention_eager_3d(
+        qkv, 1, H, W, num_heads, (1, *_pair(window_size)), (0, *_pair(shift_size)),
+        rel_bias=rel_bias, qkv_bias=qkv_bias, scale=scale, logit_scale=logit_scale,
+        roll_before_pad=roll_before_pad, attn_dropout=attn_dropout, training=training)
+
+
+def window_attention_eager_3d(qkv, T, H, W, num_heads, window_size, shift_size=0, *,
+                              rel_bias=None, qkv_bias=None, scale=None, logit_scale=None,
+                              roll_before_pad=False, attn_dropout=0.0, training=False):
+    """window_attention_eager over a (T, H, W) map (video Swin, MONAI): qkv (B, T*H*W, 3C), window
+    and shift an int or (t, h, w); windows in row-major order of (t, h, w) window index, tokens
+    row-major (t, h, w) inside; 27 shift-mask regions, label 9 t + 3 h + w. Returns (B, T*H*W, C)."""
+    window, shift = _triple(window_size), _triple(shift_size)
+    (wt, wh, ww), (tp, hp, wp) = window, [-(-s // w) * w for s, w in zip((T, H, W), window)]
     B, L, C3 = qkv.shape
     heads = num_heads
     hd = C3 // (3 * heads)
-    n = wh * ww
-    pad_b = (wh - H % wh) % wh
-    pad_r = (ww - W % ww) % ww
-    hp, wp = H + pad_b, W + pad_r
+    n = wt * wh * ww
+    shifted = any(shift)
+    dims = (1, 2, 3)
 
-    x = qkv.view(B, H, W, C3)
-    if roll_before_pad and (sh or sw):
-        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+    x = qkv.view(B, T, H, W, C3)
+    if roll_before_pad and shifted:
+        x = torch.roll(x, shifts=tuple(-s for s in shift), dims=dims)
     fill = qkv_bias.to(qkv.dtype) if qkv_bias is not None else qkv.new_zeros(C3)
-    x = torch.cat([x, fill.expand(B, pad_b, W, C3)], dim=1)
-    x = torch.cat([x, fill.expand(B, hp, pad_r, C3)], dim=2)
-    if not roll_before_pad and (sh or sw):
-        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+    x = torch.cat([x, fill.expand(B, tp - T, H, W, C3)], dim=1)
+    x = torch.cat([x, fill.expand(B, tp, hp - H, W, C3)], dim=2)
+    x = torch.cat([x, fill.expand(B, tp, hp, wp - W, C3)], dim=3)
+    if not roll_before_pad and shifted:
+        x = torch.roll(x, shifts=tuple(-s for s in shift), dims=dims)
 
-    windows = x.view(B, hp // wh, wh, wp // ww, ww, C3).permute(0, 1, 3, 2, 4, 5).reshape(-1, n, C3)
+    grid = (tp // wt, hp // wh, wp // ww)
+    windows = x.view(B, grid[0], wt, grid[1], wh, grid[2], ww, C3)
+    windows = windows.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, n, C3)
     q, k, v = windows.view(-1, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
     if logit_scale is not None:
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
@@ -58,10 +76,12 @@ def window_attention_eager(qkv, H, W, num_heads, window_size, shift_size=0, *, r
         attn = (q * (hd ** -0.5 if scale is None else scale)) @ k.transpose(-2, -1)
     if rel_bias is not None:
         attn = attn + rel_bias.unsqueeze(0)
-    if sh or sw:
-        labels = (region_labels(hp, wh, sh, qkv.device)[:, None] * 3
-                  + region_labels(wp, ww, sw, qkv.device)[None, :])
-        labels = labels.view(hp // wh, wh, wp // ww, ww).permute(0, 2, 1, 3).reshape(-1, n)
+    if shifted:
+        labels = (region_labels(tp, wt, shift[0], qkv.device)[:, None, None] * 9
+                  + region_labels(hp, wh, shift[1], qkv.device)[None, :, None] * 3
+                  + region_labels(wp, ww, shift[2], qkv.device)[None, None, :])
+        labels = labels.view(grid[0], wt, grid[1], wh, grid[2], ww).permute(0, 2, 4, 1, 3, 5)
+        labels = labels.reshape(-1, n)
         mask = torch.zeros(labels.shape[0], n, n, device=qkv.device, dtype=attn.dtype)
         mask = mask.masked_fill(labels[:, None, :] != labels[:, :, None], -100.0)
         n_windows = mask.shape[0]
@@ -70,10 +90,11 @@ def window_attention_eager(qkv, H, W, num_heads, window_size, shift_size=0, *, r
     attn = F.dropout(attn.softmax(dim=-1), attn_dropout, training).to(v.dtype)
     out = (attn @ v).transpose(1, 2).reshape(-1, n, heads * hd)
 
-    out = out.view(B, hp // wh, wp // ww, wh, ww, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, hp, wp, -1)
-    if not roll_before_pad and (sh or sw):
-        out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
-    out = out[:, :H, :W]
-    if roll_before_pad and (sh or sw):
-        out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
-    return out.reshape(B, H * W, -1)
+    out = out.view(B, *grid, wt, wh, ww, -1).permute(0, 1, 4, 2, 5, 3, 6, 7)
+    out = out.reshape(B, tp, hp, wp, -1)
+    if not roll_before_pad and shifted:
+        out = torch.roll(out, shifts=shift, dims=dims)
+    out = out[:, :T, :H, :W]
+    if roll_before_pad and shifted:
+        out = torch.roll(out, shifts=shift, dims=dims)
+    return out.reshape(B, T * H * W, -1)

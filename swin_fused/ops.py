@@ -5,18 +5,24 @@ interpreter when TRITON_INTERPRET=1, otherwise the eager PyTorch path with one w
 kernels cannot serve (float64, a window over MAX_WINDOW_TOKENS, a head dim over MAX_HEAD_DIM,
 attention dropout in training) runs the eager path with the reason warned once. With
 SWIN_FUSED_STRICT=1 every fallback raises FallbackError instead.
+Two kernel generations: `kernel="v1" | "v2"`, or None for the SWIN_FUSED_KERNEL environment variable
+(default v2); v1 serves 2-D windows only, and 3-D input given to it falls back with that reason.
 """
+import importlib
+import math
 import os
 import warnings
 from typing import Optional
 
 import torch
 
-from swin_fused.eager import _pair, window_attention_eager
+from swin_fused.eager import _pair, _triple, window_attention_eager, window_attention_eager_3d
 
 MAX_WINDOW_TOKENS = 1024
 MAX_HEAD_DIM = 128  # fp32 tiles of 256 overflow shared memory
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+KERNELS = ("v1", "v2")  # the kernel generations; v1 goes once a GPU shows v2 at least as fast
+DEFAULT_KERNEL = "v2"
 
 
 class FallbackError(RuntimeError):
@@ -44,8 +50,8 @@ def layer_unsupported(window_size, shift_size, head_dim):
     window, shift = _pair(window_size), _pair(shift_size)
     if any(not 0 <= s < w for s, w in zip(shift, window)):
         return f"shift {shift} is not within [0, window {window})"
-    if window[0] * window[1] > MAX_WINDOW_TOKENS:
-        return f"window {window[0]}x{window[1]} has more than {MAX_WINDOW_TOKENS} tokens"
+    if math.prod(window) > MAX_WINDOW_TOKENS:
+        return f"window {'x'.join(map(str, window))} has more than {MAX_WINDOW_TOKENS} tokens"
     if head_dim > MAX_HEAD_DIM:
         return f"head dim {head_dim} is over {MAX_HEAD_DIM}"
     return None
@@ -65,20 +71,35 @@ def supports(qkv, window_size, num_heads):
     return True, ""
 
 
-def _check_arguments(qkv, H, W, num_heads, window, shift, rel_bias, qkv_bias, logit_scale):
+def resolve_kernel(kernel):
+    """The kernel generation to run: `kernel`, or SWIN_FUSED_KERNEL read now, or the default."""
+    if kernel is None:
+        kernel = os.environ.get("SWIN_FUSED_KERNEL", "") or DEFAULT_KERNEL
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)} (or None: SWIN_FUSED_KERNEL, "
+                         f"default {DEFAULT_KERNEL}), got {kernel!r}")
+    return kernel
+
+
+def _check_arguments(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, logit_scale):
+    """size, window, shift: (T, H, W) triples; a 2-D call has T = 1, window_t = 1, shift_t = 0."""
+    layout = "T*H*W" if len(size) == 3 else "H*W"
     if qkv.dim() != 3:
-        raise ValueError(f"qkv must be (B, H*W, 3*heads*head_dim), got shape {tuple(qkv.shape)}")
+        raise ValueError(f"qkv must be (B, {layout}, 3*heads*head_dim), "
+                         f"got shape {tuple(qkv.shape)}")
     B, L, C3 = qkv.shape
-    if L != H * W:
-        raise ValueError(f"qkv has {L} tokens but H*W = {H}*{W} = {H * W}")
+    if L != math.prod(size):
+        raise ValueError(f"qkv has {L} tokens but {layout} = {'*'.join(map(str, size))} = "
+                         f"{math.prod(size)}")
     if num_heads < 1 or C3 % (3 * num_heads) != 0:
         raise ValueError(f"qkv width {C3} is not divisible by 3 * num_heads = {3 * num_heads}")
-    for axis, w, s in (("height", window[0], shift[0]), ("width", window[1], shift[1])):
+    axes = ("time", "height", "width")[-len(window):]
+    for axis, w, s in zip(axes, window, shift):
         if w < 1:
             raise ValueError(f"window {axis} must be >= 1, got {w}")
         if not 0 <= s < w:
             raise ValueError(f"shift {s} along the {axis} must lie in [0, window {w})")
-    n = window[0] * window[1]
+    n = math.prod(window)
     if rel_bias is not None and tuple(rel_bias.shape) != (num_heads, n, n):
         raise ValueError(f"rel_bias must be (heads, N, N) = ({num_heads}, {n}, {n}), "
                          f"got {tuple(rel_bias.shape)}")
@@ -94,7 +115,7 @@ def _check_arguments(qkv, H, W, num_heads, window, shift, rel_bias, qkv_bias, lo
 
 def window_attention(qkv, H, W, num_heads, window_size, shift_size=0, *, rel_bias=None,
                      qkv_bias=None, scale=None, logit_scale=None, roll_before_pad=False,
-                     attn_dropout=0.0, training=False):
+                     attn_dropout=0.0, training=False, kernel=None):
     """Shifted-window attention from the qkv Linear's output to the proj Linear's input.
 
     qkv:        (B, H*W, 3*heads*head_dim), the qkv Linear applied to the unpadded tokens, any strides.
@@ -105,67 +126,97 @@ def window_attention(qkv, H, W, num_heads, window_size, shift_size=0, *, rel_bia
     logit_scale: (heads,) cosine attention (Swin V2): normalize(q).normalize(k) * logit_scale[h].
     roll_before_pad: False pads then rolls (article, torchvision); True rolls then pads (timm).
     attn_dropout, training: dropout on the attention probabilities (runs the eager path).
+    kernel:     "v1" or "v2"; None reads SWIN_FUSED_KERNEL (default v2).
     Returns (B, H*W, heads*head_dim) in the natural token layout.
     """
     window, shift = _pair(window_size), _pair(shift_size)
-    _check_arguments(qkv, H, W, num_heads, window, shift, rel_bias, qkv_bias, logit_scale)
+    _check_arguments(qkv, (H, W), num_heads, window, shift, rel_bias, qkv_bias, logit_scale)
+    return _window_attention(qkv, (1, H, W), num_heads, (1, *window), (0, *shift), rel_bias,
+                             qkv_bias, scale, logit_scale, roll_before_pad, attn_dropout, training,
+                             kernel)
+
+
+def window_attention_3d(qkv, T, H, W, num_heads, window_size, shift_size=0, *, rel_bias=None,
+                        qkv_bias=None, scale=None, logit_scale=None, roll_before_pad=False,
+                        attn_dropout=0.0, training=False, kernel=None):
+    """window_attention over a (T, H, W) map (video Swin, MONAI 3-D): qkv (B, T*H*W, 3C), window
+    and shift an int or (t, h, w), rel_bias (heads, N, N) with N = t*h*w. Padding and cyclic shift
+    on all three axes, 27 shift-mask regions. Returns (B, T*H*W, C). Kernel v1 serves 2-D only."""
+    window, shift = _triple(window_size), _triple(shift_size)
+    _check_arguments(qkv, (T, H, W), num_heads, window, shift, rel_bias, qkv_bias, logit_scale)
+    return _window_attention(qkv, (T, H, W), num_heads, window, shift, rel_bias, qkv_bias, scale,
+                             logit_scale, roll_before_pad, attn_dropout, training, kernel)
+
+
+def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, scale, logit_scale,
+                      roll_before_pad, attn_dropout, training, kernel):
+    """Both entry points, on (T, H, W) triples: the kernels, or the eager path with its reason."""
+    kernel = resolve_kernel(kernel)
     head_dim = qkv.shape[-1] // (3 * num_heads)
     scale = head_dim ** -0.5 if scale is None else float(scale)
     ok, why = (False, "attention dropout p > 0 in training is not fused") \
         if attn_dropout > 0 and training else supports(qkv, window, num_heads)
+    if ok and kernel == "v1" and (size[0] > 1 or window[0] > 1):
+        ok, why = False, "kernel v1 serves 2-D windows only (T = 1, window_t = 1); v2 serves 3-D"
     if not ok:
         fallback(why)
-        return window_attention_eager(
-            qkv, H, W, num_heads, window, shift, rel_bias=rel_bias, qkv_bias=qkv_bias,
-            scale=scale, logit_scale=logit_scale, roll_before_pad=roll_before_pad,
-            attn_dropout=attn_dropout, training=training)
+        kwargs = dict(rel_bias=rel_bias, qkv_bias=qkv_bias, scale=scale, logit_scale=logit_scale,
+                      roll_before_pad=roll_before_pad, attn_dropout=attn_dropout,
+                      training=training)
+        if size[0] == 1 and window[0] == 1:
+            return window_attention_eager(qkv, *size[1:], num_heads, window[1:], shift[1:],
+                                          **kwargs)
+        return window_attention_eager_3d(qkv, *size, num_heads, window, shift, **kwargs)
     out, _ = torch.ops.swin_fused.window_attention_fwd(
-        qkv, rel_bias, qkv_bias, logit_scale, H, W, num_heads, list(window), list(shift), scale,
-        roll_before_pad)
+        qkv, rel_bias, qkv_bias, logit_scale, list(size), num_heads, list(window), list(shift),
+        scale, roll_before_pad, kernel)
     return out
 
 
-def _kernels():
+def _kernels(kernel):
     # Triton is imported on first use, so `import swin_fused` works without it being usable
-    from swin_fused.kernels import window_attention as kernels
-    return kernels
+    return importlib.import_module(f"swin_fused.kernels.{kernel}")
+
+
+def _geometry(size, window, shift, roll_before_pad):
+    from swin_fused.kernels.common import Geometry
+    return Geometry.of(size, window, shift, roll_before_pad)
 
 
 @torch.library.custom_op("swin_fused::window_attention_fwd", mutates_args=())
 def _fwd(qkv: torch.Tensor, rel_bias: Optional[torch.Tensor], qkv_bias: Optional[torch.Tensor],
-         logit_scale: Optional[torch.Tensor], H: int, W: int, num_heads: int, window: list[int],
-         shift: list[int], scale: float, roll_before_pad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return _kernels().window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, H, W, num_heads,
-                                           window, shift, scale, roll_before_pad)
-
-
-def _n_windows(B, H, W, window):
-    return B * -(-H // window[0]) * -(-W // window[1])
+         logit_scale: Optional[torch.Tensor], size: list[int], num_heads: int, window: list[int],
+         shift: list[int], scale: float, roll_before_pad: bool, kernel: str
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _kernels(kernel).window_attention_fwd(
+        qkv, rel_bias, qkv_bias, logit_scale, _geometry(size, window, shift, roll_before_pad),
+        num_heads, scale)
 
 
 @_fwd.register_fake
-def _(qkv, rel_bias, qkv_bias, logit_scale, H, W, num_heads, window, shift, scale, roll_before_pad):
+def _(qkv, rel_bias, qkv_bias, logit_scale, size, num_heads, window, shift, scale, roll_before_pad,
+      kernel):
     B, L, C3 = qkv.shape
-    out = qkv.new_empty(B, L, C3 // 3)
-    stats = qkv.new_empty(_n_windows(B, H, W, window), num_heads, 2, window[0] * window[1],
-                          dtype=torch.float32)
-    return out, stats
+    geometry = _geometry(size, window, shift, roll_before_pad)
+    stats = qkv.new_empty(_kernels(kernel).stats_shape(geometry, B, num_heads), dtype=torch.float32)
+    return qkv.new_empty(B, L, C3 // 3), stats
 
 
 @torch.library.custom_op("swin_fused::window_attention_bwd", mutates_args=())
 def _bwd(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, stats: torch.Tensor,
          rel_bias: Optional[torch.Tensor], qkv_bias: Optional[torch.Tensor],
-         logit_scale: Optional[torch.Tensor], H: int, W: int, num_heads: int, window: list[int],
-         shift: list[int], scale: float, roll_before_pad: bool
+         logit_scale: Optional[torch.Tensor], size: list[int], num_heads: int, window: list[int],
+         shift: list[int], scale: float, roll_before_pad: bool, kernel: str
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _kernels().window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
-                                           H, W, num_heads, window, shift, scale, roll_before_pad)
+    return _kernels(kernel).window_attention_bwd(
+        dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
+        _geometry(size, window, shift, roll_before_pad), num_heads, scale)
 
 
 @_bwd.register_fake
-def _(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, H, W, num_heads, window, shift, scale,
-      roll_before_pad):
-    n = window[0] * window[1]
+def _(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, size, num_heads, window, shift, scale,
+      roll_before_pad, kernel):
+    n = math.prod(window)
     f32 = dict(dtype=torch.float32)
     return (torch.empty_like(qkv), qkv.new_empty(num_heads, n, n, **f32),
             qkv.new_empty(qkv.shape[-1], **f32), qkv.new_empty(num_heads, **f32))

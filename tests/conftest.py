@@ -5,6 +5,7 @@ Strict mode makes any silent fallback to eager PyTorch an error.
 """
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -12,3 +13,12 @@ if not torch.cuda.is_available():
 os.environ.setdefault("SWIN_FUSED_STRICT", "1")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+KERNEL_GENERATIONS = ("v1", "v2")
+
+
+@pytest.fixture(params=KERNEL_GENERATIONS)
+def kernel_generation(request, monkeypatch):
+    """Runs a test once per kernel generation, through SWIN_FUSED_KERNEL; yields its name."""
+    monkeypatch.setenv("SWIN_FUSED_KERNEL", request.param)
+    return request.param

@@ -25,8 +25,8 @@ def assert_close(actual, expected, rtol, name="tensor"):
 @contextlib.contextmanager
 def kernel_launches():
     """Counts launches of the fused Triton kernels inside the block: `with kernel_launches() as n`."""
-    from swin_fused.kernels import window_attention as kernels
-    before = dict(kernels.LAUNCHES)
+    from swin_fused.kernels.common import LAUNCHES
+    before = dict(LAUNCHES)
     counts = {}
     yield counts
-    counts.update({k: kernels.LAUNCHES[k] - before.get(k, 0) for k in kernels.LAUNCHES})
+    counts.update({k: LAUNCHES[k] - before.get(k, 0) for k in LAUNCHES})

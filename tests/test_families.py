@@ -24,6 +24,8 @@ from swin_fused.families import torchvision as torchvision_family
 from tests.conftest import DEVICE
 from tests.helpers import ON_GPU, assert_close, kernel_launches
 
+pytestmark = pytest.mark.usefixtures("kernel_generation")
+
 # fp32: max error over the float64 result's max magnitude
 FP32_RTOL = 1e-5
 EAGER_ERROR_RATIO = 2.0
@@ -246,6 +248,7 @@ def test_unsupported_module_keeps_its_forward(monkeypatch):
     with pytest.raises(swin_fused.FallbackError, match="ShiftedWindowAttention keeps its own"):
         swin_fused.patch(attn)
     monkeypatch.setenv("SWIN_FUSED_STRICT", "0")
+    monkeypatch.setattr(swin_fused.ops, "_warned", set())  # warned once per reason, per run
     with pytest.warns(UserWarning, match="keeps its own forward"):
         swin_fused.patch(nn.Sequential(attn))
     assert patching.patched_count(attn) == 0

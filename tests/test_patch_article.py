@@ -11,6 +11,8 @@ from swin_fused import reference as R
 from tests.conftest import DEVICE
 from tests.helpers import ON_GPU, assert_close, kernel_launches
 
+pytestmark = pytest.mark.usefixtures("kernel_generation")
+
 FP32_RTOL = 1e-5
 
 
@@ -94,6 +96,7 @@ def test_op_saves_only_qkv_output_and_row_sized_tensors():
         swin_fused.window_attention(qkv, H, W, heads, 7, 3, rel_bias=rel_bias)
     n_windows = B * 2 * 2
     allowed = {qkv.numel(), qkv.numel() // 3, n_windows * heads * 2 * n, rel_bias.numel()}  # 2 stats a row
+    allowed.add(0)  # v2 keeps no row statistics for one-tile windows
     assert saved and set(saved) <= allowed, (saved, allowed)
 
 

@@ -10,6 +10,8 @@ from swin_fused.eager import window_attention_eager
 from tests.conftest import DEVICE
 from tests.helpers import ON_GPU, assert_close, kernel_launches
 
+pytestmark = pytest.mark.usefixtures("kernel_generation")
+
 # max error over the reference's max magnitude, per dtype, against a float64 reference
 FP32_RTOL = 1e-5
 # the logit-scale gradient is one sum of N*N*windows terms that largely cancel
@@ -141,11 +143,11 @@ def test_strided_qkv_and_offsets_past_int32():
     assert_close(got, expected, 2e-3, "offsets past int32")
 
 
-def test_opcheck():
+def test_opcheck(kernel_generation):
     qkv, params, config, _ = make_inputs(*CASES["cosine-roll-before-pad-rect"])
     args = (qkv.requires_grad_(), params["rel_bias"].requires_grad_(), params["qkv_bias"],
-            params["logit_scale"], config["H"], config["W"], config["num_heads"],
-            list(config["window_size"]), list(config["shift_size"]), 0.25, True)
+            params["logit_scale"], [1, config["H"], config["W"]], config["num_heads"],
+            [1, *config["window_size"]], [0, *config["shift_size"]], 0.25, True, kernel_generation)
     torch.library.opcheck(torch.ops.swin_fused.window_attention_fwd.default, args,
                           test_utils=("test_schema", "test_autograd_registration",
                                       "test_faketensor"))

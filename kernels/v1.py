@@ -1,33 +1,44 @@
-"""Triton kernels for shifted-window attention, read and written in the natural token layout.
+"""Kernel generation v1: one program per (window, head, query block), 2-D windows only.
 
-The padded, rolled, partitioned map ("the frame") exists only as index arithmetic: frame position
-(r, c) of window token t reads source token ((r + shift) % period) of the unpadded map, or a padded
-token whose q, k, v equal the qkv Linear's bias. With pad-then-roll (article, torchvision) the period
-is the padded size; with roll-then-pad (timm) it is the map size and frame rows past it are padding.
-The shift mask comes from frame coordinates, the relative position bias from a dense (heads, N, N)
-tensor; the N x N scores live in registers only. Windows larger than one tile run tiled, with an
-online softmax forward and flash-attention-2 style backward.
+The frame is index arithmetic (see kernels.common). The shift mask comes from frame coordinates,
+the relative position bias from a dense (heads, N, N) fp32 tensor padded to whole tiles; the N x N
+scores live in registers only. Windows larger than one tile run tiled, with an online softmax
+forward and a flash-attention-2 style backward.
 """
-import collections
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-# launches per kernel, so tests can prove the fused path really ran
-LAUNCHES = collections.Counter()
+from swin_fused.kernels.common import (LAUNCHES, next_block, normalize_rows, normalize_rows_bwd,
+                                       optional_pointer, programs_wanted)
 
-# Launch settings. 8 warps, not 4: ptxas (sm_90, bf16, head dim 32) gives the forward 126 registers
-# and no spills instead of 217, and the backward half the spills; unmeasured on a GPU since.
-MAX_BLOCK = 64
-NUM_WARPS = 8
-BWD_PROGRAMS_PER_SM = 8
-# The backward's window loop is pipelined BWD_NUM_STAGES deep only for one-tile windows whose tile
-# rows are at most 128 bytes; otherwise shared memory overflows its 227 KB (ptxas, sm_90: 215 KB
-# for fp32 at head dim 64, 405 KB for fp32 at head dim 32 with a tiled 9x9 window).
-BWD_NUM_STAGES = 3
-BWD_PIPELINED_ROW_BYTES = 128
+
+@dataclass(frozen=True)
+class Settings:
+    """v1 launch settings. 8 warps, not 4: ptxas (sm_90, bf16, head dim 32) gives the forward 126
+    registers and no spills instead of 217, and the backward half the spills."""
+    max_block: int = 64
+    num_warps: int = 8
+    bwd_programs_per_sm: int = 8
+    bwd_num_stages: int = 1
+
+    @classmethod
+    def for_shape(cls, geometry, head_dim, dtype):
+        """The backward's window loop is pipelined 3 deep only for one-tile windows whose tile rows
+        are at most 128 bytes; otherwise shared memory overflows its 227 KB (ptxas, sm_90: 215 KB
+        for fp32 at head dim 64, 405 KB for fp32 at head dim 32 with a tiled 9x9 window)."""
+        settings = cls()
+        one_tile = geometry.tokens <= settings.max_block
+        row_bytes = next_block(head_dim) * dtype.itemsize
+        return replace(settings, bwd_num_stages=3 if one_tile and row_bytes <= 128 else 1)
+
+
+def stats_shape(geometry, batch, num_heads):
+    """The forward's softmax row statistics, kept for the backward."""
+    return (geometry.n_windows(batch), num_heads, 2, geometry.tokens)
 
 
 @triton.jit
@@ -56,22 +67,6 @@ def _load_rows(base, tok, valid, stride_l, col, offs_d, dmask, BIAS_PTR, HAS_QKV
         fill = tl.load(BIAS_PTR + offs_d, mask=dmask, other=0.0).to(x.dtype)
         x = tl.where(valid[:, None], x, fill[None, :])
     return x
-
-
-@triton.jit
-def _normalize(x):
-    """F.normalize along rows, in fp32 with its eps 1e-12 (a zero key stays zero): (y, max(|x|, eps))."""
-    xf = x.to(tl.float32)
-    norm = tl.maximum(tl.sqrt(tl.sum(xf * xf, axis=1)), 1e-12)
-    return (xf / norm[:, None]).to(x.dtype), norm
-
-
-@triton.jit
-def _normalize_bwd(dy, y, norm):
-    """Gradient through y = x / max(|x|, eps): the tangential part over |x|, or dy / eps."""
-    yf = y.to(tl.float32)
-    radial = tl.where(norm > 1e-12, tl.sum(dy * yf, axis=1), 0.0)
-    return (dy - yf * radial[:, None]) / norm[:, None]
 
 
 @triton.jit
@@ -116,6 +111,9 @@ def _window_attn_fwd(
     HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    """Program (window, head, query block), key blocks with an online softmax:
+    S = Q K^T * scale + bias + mask, -inf past the window's N keys
+    O = softmax(S) V; keeps the row max and sum of exp(S - max) for the backward."""
     N: tl.constexpr = WH * WW
     NP: tl.constexpr = (N + BLOCK - 1) // BLOCK * BLOCK
     win = tl.program_id(0)
@@ -132,7 +130,7 @@ def _window_attn_fwd(
     q = _load_rows(base, tok_m, valid_m, stride_ql, col, offs_d, dmask, QKV_BIAS, False)
     s_scale = scale
     if COSINE:
-        q, _ = _normalize(q)
+        q, _ = normalize_rows(q)
         s_scale = tl.load(LOGIT_SCALE + head).to(tl.float32)
 
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
@@ -146,7 +144,7 @@ def _window_attn_fwd(
         v = _load_rows(base, tok_n, valid_n, stride_ql, col + 2 * C * stride_qc, offs_d, dmask,
                        QKV_BIAS + 2 * C + head * head_dim, HAS_QKV_BIAS)
         if COSINE:
-            k, _ = _normalize(k)
+            k, _ = normalize_rows(k)
         _, s = _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS, N, NP, HAS_BIAS,
                        PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -177,8 +175,10 @@ def _window_attn_bwd(
     PRECISION: tl.constexpr,
 ):
     """Program (group, head, block): for each window of its group, dk and dv of key block `block`
-    and dq of query block `block`. The bias, padded-key and logit-scale gradients are summed over
-    the group's windows in registers and written once per program: no atomics across programs."""
+    and dq of query block `block`:
+    P recomputed from the stats, dV = P^T dO, dP = dO V^T, dS = P * (dP - delta)
+    dQ = dS K * scale, dK = dS^T Q * scale, dbias = sum over windows of dS.
+    One-tile windows sum dbias in registers (one partial per program); tiled ones use atomics."""
     N: tl.constexpr = WH * WW
     NUM_BLOCKS: tl.constexpr = (N + BLOCK - 1) // BLOCK
     NP: tl.constexpr = NUM_BLOCKS * BLOCK
@@ -215,7 +215,7 @@ def _window_attn_bwd(
         v = _load_rows(base, tok_n, valid_n, stride_ql, col + 2 * C * stride_qc, offs_d, dmask,
                        vb_ptr, HAS_QKV_BIAS)
         if COSINE:
-            k, k_norm = _normalize(k)
+            k, k_norm = normalize_rows(k)
         dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
         dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
         dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
@@ -225,7 +225,7 @@ def _window_attn_bwd(
             _, tok_m, valid_m, label_m = _window_tokens(win, offs_m, *geometry, WH, WW)
             q = _load_rows(base, tok_m, valid_m, stride_ql, col, offs_d, dmask, qb_ptr, False)
             if COSINE:
-                q, q_norm = _normalize(q)
+                q, q_norm = normalize_rows(q)
             rows = obase + tok_m[:, None] * C + head * head_dim + offs_d[None, :]
             rmask = valid_m[:, None] & dmask[None, :]
             do = tl.load(DOUT + rows, mask=rmask, other=0.0)
@@ -251,9 +251,9 @@ def _window_attn_bwd(
             if NUM_BLOCKS == 1:
                 dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * s_scale
                 if COSINE:
-                    dq = _normalize_bwd(dq, q, q_norm)
+                    dq = normalize_rows_bwd(dq, q, q_norm)
         if COSINE:
-            dk = _normalize_bwd(dk, k, k_norm)
+            dk = normalize_rows_bwd(dk, k, k_norm)
         rows = (image.to(tl.int64) * (H * W) + tok_n[:, None]) * 3 * C + head * head_dim + offs_d[None, :]
         rmask = valid_n[:, None] & dmask[None, :]
         tl.store(DQKV + rows + C, dk.to(DQKV.dtype.element_ty), mask=rmask)
@@ -266,7 +266,7 @@ def _window_attn_bwd(
             # query block `blk` against every key block: dq
             q = _load_rows(base, tok_n, valid_n, stride_ql, col, offs_d, dmask, qb_ptr, False)
             if COSINE:
-                q, q_norm = _normalize(q)
+                q, q_norm = normalize_rows(q)
             orows = obase + tok_n[:, None] * C + head * head_dim + offs_d[None, :]
             do = tl.load(DOUT + orows, mask=rmask, other=0.0)
             delta = _row_delta(OUT, orows, rmask, do)
@@ -279,7 +279,7 @@ def _window_attn_bwd(
                 vj = _load_rows(base, tok_k, valid_k, stride_ql, col + 2 * C * stride_qc, offs_d,
                                 dmask, vb_ptr, HAS_QKV_BIAS)
                 if COSINE:
-                    kj, _ = _normalize(kj)
+                    kj, _ = normalize_rows(kj)
                 _, s = _scores(q, kj, offs_b, offs_n, label_n, label_k, head, s_scale, BIAS, N,
                                NP, HAS_BIAS, PRECISION)
                 p = tl.exp(s - row_max[:, None]) * inv_sum[:, None]
@@ -287,7 +287,7 @@ def _window_attn_bwd(
                 ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(kj.dtype), kj, input_precision=PRECISION) * s_scale
             if COSINE:
-                dq = _normalize_bwd(dq, q, q_norm)
+                dq = normalize_rows_bwd(dq, q, q_norm)
         tl.store(DQKV + rows, dq.to(DQKV.dtype.element_ty), mask=rmask)
 
     if NUM_BLOCKS == 1:
@@ -298,20 +298,34 @@ def _window_attn_bwd(
     tl.store(DSCALE + part * NUM_BLOCKS + blk, tl.sum(dscale_acc, axis=0))
 
 
-def _launch_config(qkv, H, W, num_heads, window, shift, roll_before_pad):
-    """Block sizes and the runtime geometry of the frame, shared by forward and backward."""
-    wh, ww = window
-    sh, sw = shift
+def _launch_config(qkv, geometry, num_heads, settings):
+    """Head dim, windows, the frame's runtime geometry and the launch's constexprs."""
+    _, sh, sw = geometry.shift
+    _, H, W = geometry.size
+    _, hp, wp = geometry.padded
+    _, n_win_h, n_win_w = geometry.windows_per_axis
+    period_h, period_w = (H, W) if geometry.roll_before_pad else (hp, wp)
+    args = (H, W, hp, wp, n_win_w, n_win_h * n_win_w, sh, sw, period_h, period_w)
     head_dim = qkv.shape[-1] // (3 * num_heads)
-    hp, wp = -(-H // wh) * wh, -(-W // ww) * ww
-    n_win_w = wp // ww
-    n_win_img = (hp // wh) * n_win_w
-    period_h, period_w = (H, W) if roll_before_pad else (hp, wp)
-    geometry = (H, W, hp, wp, n_win_w, n_win_img, sh, sw, period_h, period_w)
-    block = min(MAX_BLOCK, max(16, triton.next_power_of_2(wh * ww)))
-    meta = dict(WH=wh, WW=ww, BLOCK=block, BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
-                PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32", num_warps=NUM_WARPS)
-    return head_dim, qkv.shape[0] * n_win_img, geometry, meta
+    meta = dict(_constexprs(geometry, head_dim, qkv.dtype, settings), num_warps=settings.num_warps)
+    return head_dim, geometry.n_windows(qkv.shape[0]), args, meta
+
+
+def _constexprs(geometry, head_dim, dtype, settings):
+    _, wh, ww = geometry.window
+    return dict(WH=wh, WW=ww, BLOCK=min(settings.max_block, next_block(wh * ww)),
+                BLOCK_D=next_block(head_dim),
+                PRECISION="ieee" if dtype == torch.float32 else "tf32")
+
+
+def kernel_configs(geometry, head_dim, dtype, settings=None):
+    """(name, jit function, constexprs, launch options) of each kernel the launchers run for this
+    shape, for the offline compile check (benchmarks/compile_check.py)."""
+    settings = settings or Settings.for_shape(geometry, head_dim, dtype)
+    constexprs = _constexprs(geometry, head_dim, dtype, settings)
+    return [("fwd", _window_attn_fwd, constexprs, dict(num_warps=settings.num_warps, num_stages=3)),
+            ("bwd", _window_attn_bwd, constexprs,
+             dict(num_warps=settings.num_warps, num_stages=settings.bwd_num_stages))]
 
 
 def _bias_tiles(rel_bias, n_padded):
@@ -320,54 +334,45 @@ def _bias_tiles(rel_bias, n_padded):
     return F.pad(rel_bias.float(), (0, n_padded - n, 0, n_padded - n)).contiguous()
 
 
-def _optional(t, like):
-    # a null pointer stand-in for an absent tensor; the kernel never reads it
-    return t if t is not None else like
+def _settings(settings, qkv, geometry, num_heads):
+    assert not geometry.is_3d, "kernel v1 serves 2-D windows only (the op falls back for 3-D)"
+    if settings is None:
+        settings = Settings.for_shape(geometry, qkv.shape[-1] // (3 * num_heads), qkv.dtype)
+    return settings
 
 
-def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, H, W, num_heads, window, shift,
-                         scale, roll_before_pad):
+def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_heads, scale,
+                         settings=None):
     """Returns out (B, H*W, heads*head_dim) and the softmax's per-row max and sum
     (windows, heads, 2, N), which is all the backward keeps besides qkv and out."""
-    head_dim, n_windows, geometry, meta = _launch_config(qkv, H, W, num_heads, window, shift,
-                                                         roll_before_pad)
+    settings = _settings(settings, qkv, geometry, num_heads)
+    head_dim, n_windows, args, meta = _launch_config(qkv, geometry, num_heads, settings)
     B, L, C3 = qkv.shape
-    n = window[0] * window[1]
+    n = geometry.tokens
     out = qkv.new_empty(B, L, C3 // 3)
-    stats = qkv.new_empty(n_windows, num_heads, 2, n, dtype=torch.float32)
+    stats = qkv.new_empty(stats_shape(geometry, B, num_heads), dtype=torch.float32)
     n_blocks = triton.cdiv(n, meta["BLOCK"])
     rel_bias = _bias_tiles(rel_bias, n_blocks * meta["BLOCK"]) if rel_bias is not None else None
     grid = (n_windows, num_heads, n_blocks)
     _window_attn_fwd[grid](
-        qkv, out, stats, _optional(rel_bias, stats), _optional(qkv_bias, stats),
-        _optional(logit_scale, stats), *qkv.stride(), *geometry, scale, num_heads, head_dim,
+        qkv, out, stats, optional_pointer(rel_bias, stats), optional_pointer(qkv_bias, stats),
+        optional_pointer(logit_scale, stats), *qkv.stride(), *args, scale, num_heads, head_dim,
         HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
         COSINE=logit_scale is not None, **meta)
     LAUNCHES["fwd"] += 1
     return out, stats
 
 
-def _programs_wanted(device):
-    # enough programs for a few waves on a GPU; in the interpreter each program is a Python loop
-    if device.type != "cuda":
-        return 4
-    return BWD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def backward_stages(n_blocks, row_bytes):
-    """Pipeline depth of the backward's window loop, by the rule above BWD_NUM_STAGES."""
-    return BWD_NUM_STAGES if n_blocks == 1 and row_bytes <= BWD_PIPELINED_ROW_BYTES else 1
-
-
-def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, H, W, num_heads,
-                         window, shift, scale, roll_before_pad):
+def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, geometry,
+                         num_heads, scale, settings=None):
     """Returns dqkv (qkv's shape, contiguous) and fp32 grads of rel_bias (heads, N, N), qkv_bias
     (3*heads*head_dim,) from the padded keys and values, and logit_scale (heads,)."""
-    head_dim, n_windows, geometry, meta = _launch_config(qkv, H, W, num_heads, window, shift,
-                                                         roll_before_pad)
-    n = window[0] * window[1]
+    settings = _settings(settings, qkv, geometry, num_heads)
+    head_dim, n_windows, args, meta = _launch_config(qkv, geometry, num_heads, settings)
+    n = geometry.tokens
     n_blocks = triton.cdiv(n, meta["BLOCK"])
-    groups = max(1, min(n_windows, _programs_wanted(qkv.device) // (num_heads * n_blocks)))
+    wanted = programs_wanted(qkv.device, settings.bwd_programs_per_sm)
+    groups = max(1, min(n_windows, wanted // (num_heads * n_blocks)))
     windows_per_program = triton.cdiv(n_windows, groups)
     groups = triton.cdiv(n_windows, windows_per_program)
     f32 = dict(dtype=torch.float32, device=qkv.device)
@@ -377,13 +382,12 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
     dpad = torch.empty(groups, num_heads, n_blocks, 2, meta["BLOCK_D"], **f32)
     dscale = torch.empty(groups, num_heads, n_blocks, **f32)
     rel_bias = _bias_tiles(rel_bias, n_padded) if rel_bias is not None else None
-    stages = backward_stages(n_blocks, meta["BLOCK_D"] * qkv.element_size())
     _window_attn_bwd[(groups, num_heads, n_blocks)](
-        qkv, out, dout, stats, dqkv, _optional(rel_bias, stats), _optional(qkv_bias, stats),
-        _optional(logit_scale, stats), dbias, dpad, dscale, *qkv.stride(), *geometry, scale,
-        num_heads, head_dim, n_windows, windows_per_program,
+        qkv, out, dout, stats, dqkv, optional_pointer(rel_bias, stats),
+        optional_pointer(qkv_bias, stats), optional_pointer(logit_scale, stats), dbias, dpad,
+        dscale, *qkv.stride(), *args, scale, num_heads, head_dim, n_windows, windows_per_program,
         HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
-        COSINE=logit_scale is not None, num_stages=stages, **meta)
+        COSINE=logit_scale is not None, num_stages=settings.bwd_num_stages, **meta)
     LAUNCHES["bwd"] += 1
     dpad = dpad[..., :head_dim].sum(dim=(0, 2))  # (heads, 2, head_dim)
     dqkv_bias = torch.cat([torch.zeros_like(dpad[:, 0]).flatten(), dpad[:, 0].flatten(),

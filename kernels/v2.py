@@ -1,0 +1,695 @@
+"""Kernel generation v2: designed for bandwidth; 2-D and 3-D windows.
+
+One-tile windows (N <= Settings.block: every Swin-T and CIFAR stage): a persistent grid of
+(head, window group) programs, head fastest in launch order, so the programs that read one window's
+qkv rows run side by side. A window's token rows are computed once for its q, k and v; its bias and
+shift mask come as one tile of a small table, bias + mask per window class (interior, last along
+an axis that shifts, ...), so no region labels are computed at all. The backward is one
+pass per window with everything on chip: P is recomputed whole and delta = rowsum(P * dP), so it
+reads neither out nor softmax statistics, and the forward keeps none.
+Tiled windows (up to 1024 tokens, e.g. 3-D 8x7x7): an online-softmax forward, and a backward split
+into a dq kernel (which also computes delta) and a dk/dv kernel; region labels from coordinates.
+Softmax by exp2((S - rowmax) * log2(e)): scores stay in natural units, since folding log2(e) into
+the scale rounds large cosine logits (scale up to 100) worse than eager (seen on timm V2). The bias,
+qkv-bias and logit-scale gradients are summed in fp32 per program (the bias's in a partial only that
+program touches) and the partials added after the kernels: deterministic, no atomics.
+"""
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from swin_fused.kernels.common import (GEOMETRY_ARGS, LAUNCHES, next_block, normalize_rows,
+                                       normalize_rows_bwd, optional_pointer, programs_wanted)
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Launch settings of the v2 kernels; `Settings.for_shape` derives the defaults."""
+    block: int = 64            # tile rows and columns; larger windows run tiled
+    fwd_warps: int = 4
+    fwd_stages: int = 2
+    bwd_warps: int = 4
+    bwd_stages: int = 1
+    programs_per_sm: int = 4   # persistent programs per SM of the one-tile kernels and dk/dv
+
+    @classmethod
+    def for_shape(cls, geometry, head_dim, dtype):
+        """From the offline sm_90 compile (benchmarks/compile_check.py): a 64-row tile feeding
+        chained dots gets no more registers from 8 warps than from 4, so 4, and 8 only where 4
+        would spill (tile rows of 128 bytes and more); the forward's window loop pipelined 2 deep
+        (cp.async into shared memory frees registers) while tile rows are at most 128 bytes."""
+        row_bytes = next_block(head_dim) * dtype.itemsize
+        wide = row_bytes >= 128
+        return cls(fwd_warps=8 if row_bytes > 128 else 4, fwd_stages=1 if row_bytes > 128 else 2,
+                   bwd_warps=8 if wide else 4)
+
+
+def _one_tile(geometry, settings):
+    return geometry.tokens <= settings.block
+
+
+def stats_shape(geometry, batch, num_heads, settings=None):
+    """The forward's softmax row statistics (row max, row sum) kept for the backward: only tiled
+    windows need them, since the one-tile backward recomputes the whole row."""
+    if _one_tile(geometry, settings or Settings()):
+        return (0,)
+    return (geometry.n_windows(batch), num_heads, 2, geometry.tokens)
+
+
+# ---- jit helpers -------------------------------------------------------------------------------
+
+@triton.jit
+def _axis(frame, padded, period, size, shift, WINDOW: tl.constexpr):
+    """Source position, validity and shift-mask region (slices (0, -w), (-w, -s), (-s, None) of the
+    padded axis; one region when s = 0) of frame positions along one axis."""
+    source = (frame + shift) % period
+    valid = (frame < period) & (source < size)
+    region = tl.where(shift > 0, (frame >= padded - WINDOW).to(tl.int32)
+                      + (frame >= padded - shift).to(tl.int32), 0)
+    return source, valid, region
+
+
+@triton.jit
+def _window_tokens(win, offs, geom, WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr,
+                   LABELS: tl.constexpr):
+    """Image, source token (within the image), validity and, with LABELS, region label
+    (9 t + 3 h + w) of the tokens `offs` (row-major t, h, w) of window `win`; the time axis
+    compiles away when WT == 1."""
+    T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w, \
+        n_win_h, n_win_w, n_win_img = geom
+    win = tl.cast(win, tl.int32)  # the interpreter iterates Python ints
+    image = win // n_win_img
+    plane = win % n_win_img
+    if WT > 1:
+        plane = plane % (n_win_h * n_win_w)
+    h, valid_h, label_h = _axis(plane // n_win_w * WH + offs // WW % WH, Hp, period_h, H,
+                                shift_h, WH)
+    w, valid_w, label_w = _axis(plane % n_win_w * WW + offs % WW, Wp, period_w, W, shift_w, WW)
+    token = h * W + w
+    valid = (offs < WT * WH * WW) & valid_h & valid_w
+    label = 0
+    if LABELS:
+        label = label_h * 3 + label_w
+    if WT > 1:
+        t, valid_t, label_t = _axis(win % n_win_img // (n_win_h * n_win_w) * WT + offs // (WH * WW),
+                                    Tp, period_t, T, shift_t, WT)
+        token += t * (H * W)
+        valid = valid & valid_t
+        if LABELS:
+            label += label_t * 9
+    return image.to(tl.int64), token, valid, label
+
+
+@triton.jit
+def _window_class(win, geom, WT: tl.constexpr):
+    """Which mask a window's tokens see: bit 2, 1, 0 set where the window is the last along t, h,
+    w of an axis that shifts; only there do its tokens fall in two regions of that axis."""
+    T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w, \
+        n_win_h, n_win_w, n_win_img = geom
+    win = tl.cast(win, tl.int32)
+    plane = win % n_win_img
+    if WT > 1:
+        plane = plane % (n_win_h * n_win_w)
+    last = ((plane // n_win_w == n_win_h - 1) & (shift_h > 0)).to(tl.int32) * 2 \
+        + ((plane % n_win_w == n_win_w - 1) & (shift_w > 0)).to(tl.int32)
+    if WT > 1:
+        last += ((win % n_win_img // (n_win_h * n_win_w) == Tp // WT - 1)
+                 & (shift_t > 0)).to(tl.int32) * 4
+    return last
+
+
+@triton.jit
+def _fill(QKV_BIAS, offset, offs_d, dmask, BLOCK_D: tl.constexpr, HAS_QKV_BIAS: tl.constexpr):
+    """q, k or v of a padded token: the qkv Linear's bias at `offset`, or zero."""
+    fill = tl.zeros([BLOCK_D], tl.float32)
+    if HAS_QKV_BIAS:
+        fill = tl.load(QKV_BIAS + offset + offs_d, mask=dmask, other=0.0)
+    return fill
+
+
+@triton.jit
+def _load_head(QKV, rows, valid, col, dmask, fill):
+    """One head's q, k or v of a window's tokens (rows: element offsets); padded ones get `fill`."""
+    x = tl.load(QKV + rows[:, None] + col[None, :], mask=valid[:, None] & dmask[None, :], other=0.0)
+    return tl.where(valid[:, None], x, fill[None, :].to(x.dtype))
+
+
+@triton.jit
+def _bias_tile(BIAS, head, offs_m, offs_n, N: tl.constexpr):
+    """Rows offs_m, columns offs_n of the head's (N, N) bias; 0 past N."""
+    mask = (offs_m < N)[:, None] & (offs_n < N)[None, :]
+    return tl.load(BIAS + head * N * N + offs_m[:, None] * N + offs_n[None, :], mask=mask,
+                   other=0.0)
+
+
+@triton.jit
+def _table_tile(TABLE, win_class, head, n_heads, offs, BLOCK: tl.constexpr):
+    """The window class's (bias + mask) tile of the head, -inf past N keys."""
+    return tl.load(TABLE + ((win_class * n_heads + head) * BLOCK + offs[:, None]) * BLOCK
+                   + offs[None, :])
+
+
+@triton.jit
+def _scores(q, k, bias, label_m, label_n, offs_n, s_scale, N: tl.constexpr,
+            HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
+    """(raw q.k, q.k * scale + bias + mask with -inf past the window's N keys)."""
+    raw = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    s = raw * s_scale
+    if HAS_BIAS:
+        s += bias
+    s += tl.where(label_m[:, None] != label_n[None, :], -100.0, 0.0)
+    return raw, tl.where((offs_n < N)[None, :], s, float("-inf"))
+
+
+@triton.jit
+def _head_scale(scale, LOGIT_SCALE, head, COSINE: tl.constexpr):
+    """The factor of q.k: scale, or the head's logit scale for cosine attention."""
+    s_scale = scale
+    if COSINE:
+        s_scale = tl.load(LOGIT_SCALE + head).to(tl.float32)
+    return s_scale
+
+
+@triton.jit
+def _pad_sum(x, valid, offs, N: tl.constexpr):
+    """Column sums of x over the window's padded tokens."""
+    return tl.sum(tl.where((~valid & (offs < N))[:, None], x, 0.0), axis=0)
+
+
+# ---- one-tile windows --------------------------------------------------------------------------
+
+@triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows"])
+def _fwd_window(
+    QKV, OUT, TABLE, QKV_BIAS, LOGIT_SCALE,
+    stride_qb, stride_ql, stride_qc,
+    T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
+    n_win_h, n_win_w, n_win_img,
+    n_windows, scale, n_heads, head_dim,
+    WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Program (head, group) over windows group, group + groups, ..., each window one tile:
+    S = Q K^T * scale * log2(e) + table[window class, head] ((bias + mask) * log2(e), -inf past N)
+    O = E V / rowsum(E), E = exp2((S - rowmax) * log2(e)), written to each token's row of out."""
+    head = tl.program_id(0)
+    group = tl.program_id(1)
+    geom = (T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
+            n_win_h, n_win_w, n_win_img)
+    offs = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < head_dim
+    C = n_heads * head_dim
+    col = (head * head_dim + offs_d) * stride_qc
+    no_fill = tl.zeros([BLOCK_D], tl.float32)
+    k_fill = _fill(QKV_BIAS, C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
+    v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
+    s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
+    out_col = head * head_dim + offs_d
+
+    for w in range(group, n_windows, tl.num_programs(1)):
+        image, token, valid, _ = _window_tokens(w, offs, geom, WT, WH, WW, False)
+        rows = image * stride_qb + token.to(tl.int64) * stride_ql
+        q = _load_head(QKV, rows, valid, col, dmask, no_fill)
+        k = _load_head(QKV, rows, valid, col + C * stride_qc, dmask, k_fill)
+        v = _load_head(QKV, rows, valid, col + 2 * C * stride_qc, dmask, v_fill)
+        if COSINE:
+            q, _ = normalize_rows(q)
+            k, _ = normalize_rows(k)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * s_scale \
+            + _table_tile(TABLE, _window_class(w, geom, WT), head, n_heads, offs, BLOCK)
+        p = tl.exp2((s - tl.max(s, axis=1)[:, None]) * LOG2E)
+        o = tl.dot(p.to(v.dtype), v, input_precision=PRECISION) / tl.sum(p, axis=1)[:, None]
+        out_rows = (image * (T * H * W) + token) * C
+        tl.store(OUT + out_rows[:, None] + out_col[None, :], o.to(OUT.dtype.element_ty),
+                 mask=valid[:, None] & dmask[None, :])
+
+
+@triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows"])
+def _bwd_window(
+    QKV, DOUT, DQKV, TABLE, QKV_BIAS, LOGIT_SCALE, DBIAS, DPAD, DSCALE,
+    stride_qb, stride_ql, stride_qc,
+    T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
+    n_win_h, n_win_w, n_win_img,
+    n_windows, scale, n_heads, head_dim,
+    WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr,
+    COSINE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Program (head, group) over windows group, group + groups, ..., each window on chip:
+    P = softmax(S) recomputed whole, dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(P * dP))
+    dQ = dS K * scale, dK = dS^T Q * scale; dbias: dS added into the program's own partial."""
+    N: tl.constexpr = WT * WH * WW
+    head = tl.program_id(0)
+    group = tl.program_id(1)
+    geom = (T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
+            n_win_h, n_win_w, n_win_img)
+    offs = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < head_dim
+    C = n_heads * head_dim
+    col = (head * head_dim + offs_d) * stride_qc
+    no_fill = tl.zeros([BLOCK_D], tl.float32)
+    k_fill = _fill(QKV_BIAS, C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
+    v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
+    s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
+    out_col = head * head_dim + offs_d
+    part = group * n_heads + head
+    # a 64 x 64 fp32 sum in registers across windows spills at 4 warps (ptxas, sm_90)
+    partial = DBIAS + part.to(tl.int64) * BLOCK * BLOCK + offs[:, None] * BLOCK + offs[None, :]
+
+    dk_pad = tl.zeros([BLOCK_D], tl.float32)
+    dv_pad = tl.zeros([BLOCK_D], tl.float32)
+    dscale = tl.zeros([BLOCK], tl.float32)
+    for w in range(group, n_windows, tl.num_programs(1)):
+        image, token, valid, _ = _window_tokens(w, offs, geom, WT, WH, WW, False)
+        rows = image * stride_qb + token.to(tl.int64) * stride_ql
+        mask = valid[:, None] & dmask[None, :]
+        q = _load_head(QKV, rows, valid, col, dmask, no_fill)
+        k = _load_head(QKV, rows, valid, col + C * stride_qc, dmask, k_fill)
+        v = _load_head(QKV, rows, valid, col + 2 * C * stride_qc, dmask, v_fill)
+        token_rows = image * (T * H * W) + token
+        do = tl.load(DOUT + (token_rows * C)[:, None] + out_col[None, :], mask=mask, other=0.0)
+        if COSINE:
+            q, q_norm = normalize_rows(q)
+            k, k_norm = normalize_rows(k)
+        raw = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        s = raw * s_scale \
+            + _table_tile(TABLE, _window_class(w, geom, WT), head, n_heads, offs, BLOCK)
+        p = tl.exp2((s - tl.max(s, axis=1)[:, None]) * LOG2E)
+        p = p / tl.sum(p, axis=1)[:, None]
+        dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])
+        if HAS_BIAS:
+            tl.store(partial, tl.load(partial) + ds)
+        if COSINE:
+            dscale += tl.sum(ds * raw, axis=1)
+        dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * s_scale
+        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION) * s_scale
+        if COSINE:
+            dq = normalize_rows_bwd(dq, q, q_norm)
+            dk = normalize_rows_bwd(dk, k, k_norm)
+        grad = DQKV + (token_rows * 3 * C)[:, None] + out_col[None, :]
+        tl.store(grad, dq.to(DQKV.dtype.element_ty), mask=mask)
+        tl.store(grad + C, dk.to(DQKV.dtype.element_ty), mask=mask)
+        tl.store(grad + 2 * C, dv.to(DQKV.dtype.element_ty), mask=mask)
+        dk_pad += _pad_sum(dk, valid, offs, N)
+        dv_pad += _pad_sum(dv, valid, offs, N)
+        # the next window reads the bias partial back, maybe from another thread of the program
+        tl.debug_barrier()
+
+    tl.store(DPAD + part * 2 * BLOCK_D + offs_d, dk_pad)
+    tl.store(DPAD + part * 2 * BLOCK_D + BLOCK_D + offs_d, dv_pad)
+    tl.store(DSCALE + part, tl.sum(dscale, axis=0))
+
+
+# ---- tiled windows -----------------------------------------------------------------------------
+
+@triton.jit
+def _program_block(n_heads, NUM_BLOCKS: tl.constexpr):
+    """(block, head, window or group) of a flat grid, block fastest, then head."""
+    pid = tl.program_id(0)
+    return pid % NUM_BLOCKS, pid // NUM_BLOCKS % n_heads, pid // (NUM_BLOCKS * n_heads)
+
+
+@triton.jit
+def _load_stats(STATS, DELTA, row, offs, N: tl.constexpr):
+    """Row max, row sum and delta of rows `offs` of window-head `row`; rows past N
+    get p = 0."""
+    stats = STATS + row * 2 * N + offs
+    row_max = tl.load(stats, mask=offs < N, other=float("inf"))
+    row_sum = tl.load(stats + N, mask=offs < N, other=1.0)
+    delta = tl.load(DELTA + row * N + offs, mask=offs < N, other=0.0)
+    return row_max, row_sum, delta
+
+
+@triton.jit(do_not_specialize=GEOMETRY_ARGS)
+def _fwd_tiled(
+    QKV, OUT, STATS, BIAS, QKV_BIAS, LOGIT_SCALE,
+    stride_qb, stride_ql, stride_qc,
+    T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
+    n_win_h, n_win_w, n_win_img,
+    scale, n_heads, head_dim,
+    WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr,
+    COSINE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Program (query block, head, window), key blocks with an online softmax:
+    S = (Q K^T * scale + bias + mask) * log2(e), -inf past the window's N keys
+    O = exp(S - m) V / l with the running row max m and sum l, both kept for the backward."""
+    N: tl.constexpr = WT * WH * WW
+    blk, head, win = _program_block(n_heads, (N + BLOCK - 1) // BLOCK)
+    geom = (T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
+            n_win_h, n_win_w, n_win_img)
+    offs_m = blk * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < head_dim
+    C = n_heads * head_dim
+    col = (head * head_dim + offs_d) * stride_qc
+    k_fill = _fill(QKV_BIAS, C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
+    v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
+    s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
+
+    image, token_m, valid_m, label_m = _window_tokens(win, offs_m, geom, WT, WH, WW, True)
+    base = image * stride_qb
+    q = _load_head(QKV, base + token_m.to(tl.int64) * stride_ql, valid_m, col, dmask,
+                   tl.zeros([BLOCK_D], tl.float32))
+    if COSINE:
+        q, _ = normalize_rows(q)
+    m_i = tl.full([BLOCK], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    for start_n in range(0, N, BLOCK):
+        offs_n = start_n + tl.arange(0, BLOCK)
+        _, token_n, valid_n, label_n = _window_tokens(win, offs_n, geom, WT, WH, WW, True)
+        rows_n = base + token_n.to(tl.int64) * stride_ql
+        k = _load_head(QKV, rows_n, valid_n, col + C * stride_qc, dmask, k_fill)
+        v = _load_head(QKV, rows_n, valid_n, col + 2 * C * stride_qc, dmask, v_fill)
+        if COSINE:
+            k, _ = normalize_rows(k)
+        bias = 0.0
+        if HAS_BIAS:
+            bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
+        _, s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, N, HAS_BIAS, PRECISION)
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2((m_i - m_new) * LOG2E)
+        p = tl.exp2((s - m_new[:, None]) * LOG2E)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    out_rows = (image * (T * H * W) + token_m) * C + head * head_dim
+    tl.store(OUT + out_rows[:, None] + offs_d[None, :],
+             (acc / l_i[:, None]).to(OUT.dtype.element_ty),
+             mask=valid_m[:, None] & dmask[None, :])
+    # the row max and sum, not max + log(sum): that rounds away precision at large scores
+    stats = STATS + (win.to(tl.int64) * n_heads + head) * 2 * N + offs_m
+    tl.store(stats, m_i, mask=offs_m < N)
+    tl.store(stats + N, l_i, mask=offs_m < N)
+
+
+@triton.jit(do_not_specialize=GEOMETRY_ARGS)
+def _bwd_dq_tiled(
+    QKV, OUT, DOUT, STATS, DELTA, DQKV, BIAS, QKV_BIAS, LOGIT_SCALE,
+    stride_qb, stride_ql, stride_qc,
+    T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
+    n_win_h, n_win_w, n_win_img,
+    scale, n_heads, head_dim,
+    WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr,
+    COSINE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Program (query block, head, window), key blocks in turn; writes delta for the dk/dv kernel:
+    delta = rowsum(dO * O), P = exp(S - m) / l from the forward's row max m and sum l
+    dS = P * (dO V^T - delta), dQ = sum over key blocks of dS K * scale."""
+    N: tl.constexpr = WT * WH * WW
+    blk, head, win = _program_block(n_heads, (N + BLOCK - 1) // BLOCK)
+    geom = (T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
+            n_win_h, n_win_w, n_win_img)
+    offs_m = blk * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < head_dim
+    C = n_heads * head_dim
+    col = (head * head_dim + offs_d) * stride_qc
+    out_col = head * head_dim + offs_d
+    k_fill = _fill(QKV_BIAS, C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
+    v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
+    s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
+
+    image, token_m, valid_m, label_m = _window_tokens(win, offs_m, geom, WT, WH, WW, True)
+    base = image * stride_qb
+    mask_m = valid_m[:, None] & dmask[None, :]
+    q = _load_head(QKV, base + token_m.to(tl.int64) * stride_ql, valid_m, col, dmask,
+                   tl.zeros([BLOCK_D], tl.float32))
+    if COSINE:
+        q, q_norm = normalize_rows(q)
+    token_rows = image * (T * H * W) + token_m
+    do = tl.load(DOUT + (token_rows * C)[:, None] + out_col[None, :], mask=mask_m, other=0.0)
+    o = tl.load(OUT + (token_rows * C)[:, None] + out_col[None, :], mask=mask_m, other=0.0)
+    row = win.to(tl.int64) * n_heads + head
+    tl.store(DELTA + row * N + offs_m, tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1),
+             mask=offs_m < N)
+    row_max, row_sum, delta = _load_stats(STATS, DELTA, row, offs_m, N)
+
+    dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    for start_n in range(0, N, BLOCK):
+        offs_n = start_n + tl.arange(0, BLOCK)
+        _, token_n, valid_n, label_n = _window_tokens(win, offs_n, geom, WT, WH, WW, True)
+        rows_n = base + token_n.to(tl.int64) * stride_ql
+        k = _load_head(QKV, rows_n, valid_n, col + C * stride_qc, dmask, k_fill)
+        v = _load_head(QKV, rows_n, valid_n, col + 2 * C * stride_qc, dmask, v_fill)
+        if COSINE:
+            k, _ = normalize_rows(k)
+        bias = 0.0
+        if HAS_BIAS:
+            bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
+        _, s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, N, HAS_BIAS, PRECISION)
+        p = tl.exp2((s - row_max[:, None]) * LOG2E) / row_sum[:, None]
+        ds = p * (tl.dot(do, tl.trans(v), input_precision=PRECISION) - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    dq *= s_scale
+    if COSINE:
+        dq = normalize_rows_bwd(dq, q, q_norm)
+    tl.store(DQKV + (token_rows * 3 * C)[:, None] + out_col[None, :],
+             dq.to(DQKV.dtype.element_ty), mask=mask_m)
+
+
+@triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows", "groups"])
+def _bwd_dkdv_tiled(
+    QKV, DOUT, STATS, DELTA, DQKV, BIAS, QKV_BIAS, LOGIT_SCALE, DBIAS, DPAD, DSCALE,
+    stride_qb, stride_ql, stride_qc,
+    T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
+    n_win_h, n_win_w, n_win_img,
+    n_windows, groups, scale, n_heads, head_dim,
+    WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr,
+    COSINE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Program (key block, head, group) over windows group, group + groups, ..., query blocks:
+    P = exp(S - m) / l, dV = sum P^T dO, dS = P * (dO V^T - delta), dK = sum dS^T Q * scale
+    dbias: dS added into the program's own column stripe of its group's partial (no atomics)."""
+    N: tl.constexpr = WT * WH * WW
+    NUM_BLOCKS: tl.constexpr = (N + BLOCK - 1) // BLOCK
+    NP: tl.constexpr = NUM_BLOCKS * BLOCK
+    blk, head, group = _program_block(n_heads, NUM_BLOCKS)
+    geom = (T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
+            n_win_h, n_win_w, n_win_img)
+    offs_n = blk * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < head_dim
+    C = n_heads * head_dim
+    col = (head * head_dim + offs_d) * stride_qc
+    out_col = head * head_dim + offs_d
+    no_fill = tl.zeros([BLOCK_D], tl.float32)
+    k_fill = _fill(QKV_BIAS, C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
+    v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
+    s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
+    stripe = DBIAS + (group * n_heads + head).to(tl.int64) * NP * NP + offs_n[None, :]
+
+    dk_pad = tl.zeros([BLOCK_D], tl.float32)
+    dv_pad = tl.zeros([BLOCK_D], tl.float32)
+    dscale = tl.zeros([BLOCK], tl.float32)
+    for w in range(group, n_windows, groups):
+        image, token_n, valid_n, label_n = _window_tokens(w, offs_n, geom, WT, WH, WW, True)
+        base = image * stride_qb
+        rows_n = base + token_n.to(tl.int64) * stride_ql
+        k = _load_head(QKV, rows_n, valid_n, col + C * stride_qc, dmask, k_fill)
+        v = _load_head(QKV, rows_n, valid_n, col + 2 * C * stride_qc, dmask, v_fill)
+        if COSINE:
+            k, k_norm = normalize_rows(k)
+        row = tl.cast(w, tl.int64) * n_heads + head
+        dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+        for start_m in range(0, N, BLOCK):
+            offs_m = start_m + tl.arange(0, BLOCK)
+            _, token_m, valid_m, label_m = _window_tokens(w, offs_m, geom, WT, WH, WW, True)
+            q = _load_head(QKV, base + token_m.to(tl.int64) * stride_ql, valid_m, col, dmask,
+                           no_fill)
+            if COSINE:
+                q, _ = normalize_rows(q)
+            token_rows = image * (T * H * W) + token_m
+            do = tl.load(DOUT + (token_rows * C)[:, None] + out_col[None, :],
+                         mask=valid_m[:, None] & dmask[None, :], other=0.0)
+            row_max, row_sum, delta = _load_stats(STATS, DELTA, row, offs_m, N)
+            bias = 0.0
+            if HAS_BIAS:
+                bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
+            raw, s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, N, HAS_BIAS,
+                             PRECISION)
+            p = tl.exp2((s - row_max[:, None]) * LOG2E) / row_sum[:, None]
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+            ds = p * (tl.dot(do, tl.trans(v), input_precision=PRECISION) - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+            if COSINE:
+                dscale += tl.sum(ds * raw, axis=1)
+            partial = stripe + offs_m[:, None] * NP
+            tl.store(partial, tl.load(partial) + ds)
+            # the next window reads this stripe back, maybe from another thread of the program
+            tl.debug_barrier()
+        dk *= s_scale
+        if COSINE:
+            dk = normalize_rows_bwd(dk, k, k_norm)
+        grad = DQKV + ((image * (T * H * W) + token_n) * 3 * C)[:, None] + out_col[None, :]
+        mask_n = valid_n[:, None] & dmask[None, :]
+        tl.store(grad + C, dk.to(DQKV.dtype.element_ty), mask=mask_n)
+        tl.store(grad + 2 * C, dv.to(DQKV.dtype.element_ty), mask=mask_n)
+        dk_pad += _pad_sum(dk, valid_n, offs_n, N)
+        dv_pad += _pad_sum(dv, valid_n, offs_n, N)
+
+    pid = tl.program_id(0)
+    tl.store(DPAD + pid * 2 * BLOCK_D + offs_d, dk_pad)
+    tl.store(DPAD + pid * 2 * BLOCK_D + BLOCK_D + offs_d, dv_pad)
+    tl.store(DSCALE + pid, tl.sum(dscale, axis=0))
+
+
+# ---- launchers ---------------------------------------------------------------------------------
+
+def _launch(geometry, head_dim, dtype, settings):
+    """(settings, the kernels' shared keyword arguments: geometry, constexprs)."""
+    if settings is None:
+        settings = Settings.for_shape(geometry, head_dim, dtype)
+    block = min(settings.block, next_block(geometry.tokens))
+    meta = dict(**geometry.kernel_args(), **geometry.constexprs(), BLOCK=block,
+                BLOCK_D=next_block(head_dim),
+                PRECISION="ieee" if dtype == torch.float32 else "tf32")
+    return settings, meta
+
+
+def kernel_configs(geometry, head_dim, dtype, settings=None):
+    """(name, jit function, constexprs, launch options) of each kernel the launchers run for this
+    shape, for the offline compile check (benchmarks/compile_check.py)."""
+    settings, meta = _launch(geometry, head_dim, dtype, settings)
+    constexprs = {k: meta[k] for k in ("WT", "WH", "WW", "BLOCK", "BLOCK_D", "PRECISION")}
+    fwd = dict(num_warps=settings.fwd_warps, num_stages=settings.fwd_stages)
+    bwd = dict(num_warps=settings.bwd_warps, num_stages=settings.bwd_stages)
+    if _one_tile(geometry, settings):
+        return [("fwd", _fwd_window, constexprs, fwd), ("bwd", _bwd_window, constexprs, bwd)]
+    return [("fwd", _fwd_tiled, constexprs, fwd), ("bwd dq", _bwd_dq_tiled, constexprs, bwd),
+            ("bwd dk/dv", _bwd_dkdv_tiled, constexprs, bwd)]
+
+
+def _flags(rel_bias, qkv_bias, logit_scale):
+    return dict(HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
+                COSINE=logit_scale is not None)
+
+
+@functools.lru_cache(maxsize=64)
+def _class_masks(window, shift, classes, block, device):
+    """(classes, 1, block, block) fp32: the shift mask (-100 between regions) of each window class
+    (_window_class), -inf in key columns past the window's N tokens."""
+    n = math.prod(window)
+    axes = [torch.arange(w, device=device) for w in window]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).reshape(3, n)
+    window, shift = torch.tensor(window, device=device), torch.tensor(shift, device=device)
+    # in the last window along a shifting axis, tokens from w - s on lie in the region (-s, None)
+    second = (coords >= (window - shift)[:, None]).long()
+    bits = torch.tensor([[c >> 2 & 1, c >> 1 & 1, c & 1] for c in range(classes)], device=device)
+    bits = bits * (shift > 0)
+    weights = torch.tensor([9, 3, 1], device=device)
+    labels = (bits[:, :, None] * (1 + second) * weights[:, None]).sum(1)  # (classes, n)
+    masks = torch.full((classes, 1, block, block), float("-inf"), device=device)
+    masks[..., :n] = 0.0
+    masks[:, 0, :n, :n] = (labels[:, :, None] != labels[:, None, :]) * -100.0
+    return masks
+
+
+def _bias_mask_table(rel_bias, geometry, num_heads, block, device):
+    """(classes, heads, block, block) fp32, the one-tile kernels' scores offset:
+    bias + shift mask of each window class, -inf in key columns past N."""
+    masks = _class_masks(geometry.window, geometry.shift, 8 if geometry.is_3d else 4, block, device)
+    if rel_bias is None:
+        return masks.expand(-1, num_heads, -1, -1).contiguous()
+    n = geometry.tokens
+    bias = F.pad(rel_bias.float(), (0, block - n, 0, block - n))
+    return bias[None] + masks
+
+
+def _groups(n_windows, per_group_programs, device, settings):
+    """Window groups of a persistent grid: enough programs to fill the GPU, no empty group."""
+    wanted = programs_wanted(device, settings.programs_per_sm)
+    return max(1, min(n_windows, wanted // per_group_programs))
+
+
+def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_heads, scale,
+                         settings=None):
+    """Returns out (B, T*H*W, heads*head_dim) and the softmax row statistics the backward needs
+    (stats_shape: empty for one-tile windows)."""
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    settings, meta = _launch(geometry, head_dim, qkv.dtype, settings)
+    B, L, C3 = qkv.shape
+    n_windows = geometry.n_windows(B)
+    out = qkv.new_empty(B, L, C3 // 3)
+    stats = qkv.new_empty(stats_shape(geometry, B, num_heads, settings), dtype=torch.float32)
+    rel_bias = rel_bias.float().contiguous() if rel_bias is not None else None
+    pointers = (optional_pointer(rel_bias, out), optional_pointer(qkv_bias, out),
+                optional_pointer(logit_scale, out))
+    common = dict(scale=scale, n_heads=num_heads, head_dim=head_dim,
+                  **_flags(rel_bias, qkv_bias, logit_scale), **meta)
+    if _one_tile(geometry, settings):
+        groups = _groups(n_windows, num_heads, qkv.device, settings)
+        table = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"], qkv.device)
+        common.pop("HAS_BIAS")
+        _fwd_window[(num_heads, groups)](
+            qkv, out, table, *pointers[1:], *qkv.stride(), n_windows=n_windows,
+            num_warps=settings.fwd_warps, num_stages=settings.fwd_stages, **common)
+    else:
+        n_blocks = triton.cdiv(geometry.tokens, meta["BLOCK"])
+        _fwd_tiled[(n_windows * num_heads * n_blocks,)](
+            qkv, out, stats, *pointers, *qkv.stride(), num_warps=settings.fwd_warps,
+            num_stages=settings.fwd_stages, **common)
+    LAUNCHES["fwd"] += 1
+    return out, stats
+
+
+def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, geometry,
+                         num_heads, scale, settings=None):
+    """Returns dqkv (qkv's shape, contiguous) and fp32 grads of rel_bias (heads, N, N), qkv_bias
+    (3*heads*head_dim,) from the padded keys and values, and logit_scale (heads,)."""
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    settings, meta = _launch(geometry, head_dim, qkv.dtype, settings)
+    n = geometry.tokens
+    n_windows = geometry.n_windows(qkv.shape[0])
+    f32 = dict(dtype=torch.float32, device=qkv.device)
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    rel_bias = rel_bias.float().contiguous() if rel_bias is not None else None
+    pointers = (optional_pointer(rel_bias, dqkv), optional_pointer(qkv_bias, dqkv),
+                optional_pointer(logit_scale, dqkv))
+    common = dict(scale=scale, n_heads=num_heads, head_dim=head_dim,
+                  **_flags(rel_bias, qkv_bias, logit_scale), **meta)
+    launch = dict(num_warps=settings.bwd_warps, num_stages=settings.bwd_stages)
+    if _one_tile(geometry, settings):
+        groups = _groups(n_windows, num_heads, qkv.device, settings)
+        dbias = torch.zeros(groups, num_heads, meta["BLOCK"], meta["BLOCK"], **f32)
+        dpad = torch.empty(groups * num_heads, 2, meta["BLOCK_D"], **f32)
+        dscale = torch.empty(groups, num_heads, **f32)
+        table = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"], qkv.device)
+        _bwd_window[(num_heads, groups)](
+            qkv, dout, dqkv, table, *pointers[1:], dbias, dpad, dscale, *qkv.stride(),
+            n_windows=n_windows, **common, **launch)
+    else:
+        n_blocks = triton.cdiv(n, meta["BLOCK"])
+        n_padded = n_blocks * meta["BLOCK"]
+        delta = torch.empty(n_windows, num_heads, n, **f32)
+        _bwd_dq_tiled[(n_windows * num_heads * n_blocks,)](
+            qkv, out, dout, stats, delta, dqkv, *pointers, *qkv.stride(), **common, **launch)
+        groups = _groups(n_windows, num_heads * n_blocks, qkv.device, settings)
+        dbias = torch.zeros(groups, num_heads, n_padded, n_padded, **f32)
+        dpad = torch.empty(groups * num_heads * n_blocks, 2, meta["BLOCK_D"], **f32)
+        dscale = torch.empty(groups * num_heads * n_blocks, **f32)
+        _bwd_dkdv_tiled[(groups * num_heads * n_blocks,)](
+            qkv, dout, stats, delta, dqkv, *pointers, dbias, dpad, dscale, *qkv.stride(),
+            n_windows=n_windows, groups=groups, **common, **launch)
+    LAUNCHES["bwd"] += 1
+    dpad = dpad[..., :head_dim].reshape(groups, num_heads, -1, 2, head_dim).sum(dim=(0, 2))
+    dqkv_bias = torch.cat([torch.zeros_like(dpad[:, 0]).flatten(), dpad[:, 0].flatten(),
+                           dpad[:, 1].flatten()])
+    dlogit_scale = dscale.view(groups, num_heads, -1).sum(dim=(0, 2))
+    return dqkv, dbias.sum(0)[:, :n, :n].contiguous(), dqkv_bias, dlogit_scale
