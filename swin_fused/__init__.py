@@ -6,8 +6,8 @@
 
 Importing works without a GPU; Triton is imported only when a kernel first runs.
 """
-from swin_fused.ops import FallbackError, supports, window_attention
+from swin_fused.ops import FallbackError, not_supported_reasons, window_attention
 from swin_fused.patching import patch, unpatch
 
-__all__ = ["window_attention", "supports", "patch", "unpatch", "FallbackError"]
+__all__ = ["window_attention", "not_supported_reasons", "patch", "unpatch", "FallbackError"]
 __version__ = "0.1.0"

@@ -70,10 +70,11 @@ def window_attention_eager(qkv, H, W, num_heads, window_size, shift_size=0, *, r
     attn = F.dropout(attn.softmax(dim=-1), attn_dropout, training).to(v.dtype)
     out = (attn @ v).transpose(1, 2).reshape(-1, n, heads * hd)
 
-    out = out.view(B, hp // wh, wp // ww, wh, ww, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, hp, wp, -1)
+    c = heads * hd  # not -1: an empty batch leaves it ambiguous
+    out = out.view(B, hp // wh, wp // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(B, hp, wp, c)
     if not roll_before_pad and (sh or sw):
         out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
     out = out[:, :H, :W]
     if roll_before_pad and (sh or sw):
         out = torch.roll(out, shifts=(sh, sw), dims=(1, 2))
-    return out.reshape(B, H * W, -1)
+    return out.reshape(B, H * W, c)

@@ -1,11 +1,12 @@
 """`window_attention`: the fused op as a PyTorch custom op with a Triton forward and backward.
 
 Dispatch: CUDA tensors run the compiled Triton kernels; CPU tensors run the same kernels in Triton's
-interpreter when TRITON_INTERPRET=1, otherwise the eager PyTorch path with one warning. Input the
-kernels cannot serve (float64, a window over MAX_WINDOW_TOKENS, a head dim over MAX_HEAD_DIM,
-attention dropout in training) runs the eager path with the reason warned once. With
+interpreter when TRITON_INTERPRET=1 (bfloat16 in float32 there), otherwise the eager PyTorch path.
+`not_supported_reasons` is the one check of what the kernels serve, for the op, the model families
+and `patch`; input it rejects runs the eager path with its reasons warned once. With
 SWIN_FUSED_STRICT=1 every fallback raises FallbackError instead.
 """
+import math
 import os
 import warnings
 from typing import Optional
@@ -17,6 +18,8 @@ from swin_fused.eager import _pair, window_attention_eager
 MAX_WINDOW_TOKENS = 1024
 MAX_HEAD_DIM = 128  # fp32 tiles of 256 overflow shared memory
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DOUBLE_BACKWARD = ("swin_fused: window_attention has no double backward (its backward is a Triton "
+                   "kernel without a derivative); use swin_fused.eager.window_attention_eager")
 
 
 class FallbackError(RuntimeError):
@@ -30,6 +33,8 @@ def strict_mode():
 _warned = set()
 
 
+# torch.compile runs this while tracing, not in the graph: dynamo cannot trace warnings.warn
+@torch.compiler.assume_constant_result
 def fallback(reason):
     """Announce a fallback to eager PyTorch: once per reason, or as an error in strict mode."""
     if strict_mode():
@@ -39,33 +44,34 @@ def fallback(reason):
         warnings.warn(f"swin_fused: {reason}; running eager PyTorch", stacklevel=3)
 
 
-def layer_unsupported(window_size, shift_size, head_dim):
-    """Why the kernels cannot serve a layer of this configuration, or None."""
+def not_supported_reasons(window_size, shift_size, head_dim, *, dtype=None, device=None,
+                          attn_dropout=0.0, training=False):
+    """Every reason the Triton kernels cannot serve this input; empty when they can.
+
+    The op passes all of it; a model family passes its layer's configuration when patching, before
+    dtype and device are known (None skips those checks).
+    """
     window, shift = _pair(window_size), _pair(shift_size)
+    reasons = []
     if any(not 0 <= s < w for s, w in zip(shift, window)):
-        return f"shift {shift} is not within [0, window {window})"
-    if window[0] * window[1] > MAX_WINDOW_TOKENS:
-        return f"window {window[0]}x{window[1]} has more than {MAX_WINDOW_TOKENS} tokens"
+        reasons.append(f"shift {shift} is not within [0, window {window})")
+    if math.prod(window) > MAX_WINDOW_TOKENS:
+        reasons.append(f"window {'x'.join(map(str, window))} has more than {MAX_WINDOW_TOKENS} "
+                       "tokens")
     if head_dim > MAX_HEAD_DIM:
-        return f"head dim {head_dim} is over {MAX_HEAD_DIM}"
-    return None
+        reasons.append(f"head dim {head_dim} is over {MAX_HEAD_DIM}")
+    if dtype is not None and dtype not in KERNEL_DTYPES:
+        reasons.append(f"dtype {dtype} is not one of float16, bfloat16, float32")
+    if device is not None and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        reasons.append("CPU tensors run the Triton kernels only with TRITON_INTERPRET=1")
+    if device is not None and device.type not in ("cpu", "cuda"):
+        reasons.append(f"device {device.type} has no Triton backend here")
+    if attn_dropout > 0 and training:
+        reasons.append("attention dropout p > 0 in training is not fused")
+    return reasons
 
 
-def supports(qkv, window_size, num_heads):
-    """(ok, why): whether the Triton kernels can run this input."""
-    if qkv.dtype not in KERNEL_DTYPES:
-        return False, f"dtype {qkv.dtype} is not one of float16, bfloat16, float32"
-    why = layer_unsupported(window_size, 0, qkv.shape[-1] // (3 * num_heads))
-    if why:
-        return False, why
-    if qkv.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False, "CPU tensors run the Triton kernels only with TRITON_INTERPRET=1"
-    if qkv.device.type not in ("cpu", "cuda"):
-        return False, f"device {qkv.device.type} has no Triton backend here"
-    return True, ""
-
-
-def _check_arguments(qkv, H, W, num_heads, window, shift, rel_bias, qkv_bias, logit_scale):
+def _check_arguments(qkv, H, W, num_heads, window, shift, rel_bias, qkv_bias, logit_scale, scale):
     if qkv.dim() != 3:
         raise ValueError(f"qkv must be (B, H*W, 3*heads*head_dim), got shape {tuple(qkv.shape)}")
     B, L, C3 = qkv.shape
@@ -90,6 +96,9 @@ def _check_arguments(qkv, H, W, num_heads, window, shift, rel_bias, qkv_bias, lo
     for name, t in (("rel_bias", rel_bias), ("qkv_bias", qkv_bias), ("logit_scale", logit_scale)):
         if t is not None and t.device != qkv.device:
             raise ValueError(f"{name} is on {t.device} but qkv is on {qkv.device}")
+    if isinstance(scale, torch.Tensor) and (scale.requires_grad or scale.numel() != 1):
+        raise ValueError("scale must be a number (a one-element tensor without grad): the op does "
+                         "not differentiate it; a learned per-head scale is logit_scale")
 
 
 def window_attention(qkv, H, W, num_heads, window_size, shift_size=0, *, rel_bias=None,
@@ -101,28 +110,36 @@ def window_attention(qkv, H, W, num_heads, window_size, shift_size=0, *, rel_bia
     window_size, shift_size: int or (height, width); each shift in [0, window).
     rel_bias:   (heads, N, N) added to the scores (relative position bias), or None.
     qkv_bias:   (3*heads*head_dim,) the qkv Linear's bias: the q, k, v of a padded token. None = 0.
-    scale:      multiplies q.k (default head_dim ** -0.5); unused with logit_scale.
+    scale:      multiplies q.k (default head_dim ** -0.5), a constant; unused with logit_scale.
     logit_scale: (heads,) cosine attention (Swin V2): normalize(q).normalize(k) * logit_scale[h].
     roll_before_pad: False pads then rolls (article, torchvision); True rolls then pads (timm).
     attn_dropout, training: dropout on the attention probabilities (runs the eager path).
-    Returns (B, H*W, heads*head_dim) in the natural token layout.
+    Returns (B, H*W, heads*head_dim) in the natural token layout. Every tensor may have any
+    strides; B may be 0. Differentiable once: a second backward raises (DOUBLE_BACKWARD).
     """
     window, shift = _pair(window_size), _pair(shift_size)
-    _check_arguments(qkv, H, W, num_heads, window, shift, rel_bias, qkv_bias, logit_scale)
+    _check_arguments(qkv, H, W, num_heads, window, shift, rel_bias, qkv_bias, logit_scale, scale)
     head_dim = qkv.shape[-1] // (3 * num_heads)
     scale = head_dim ** -0.5 if scale is None else float(scale)
-    ok, why = (False, "attention dropout p > 0 in training is not fused") \
-        if attn_dropout > 0 and training else supports(qkv, window, num_heads)
-    if not ok:
-        fallback(why)
+    reasons = not_supported_reasons(window, shift, head_dim, dtype=qkv.dtype, device=qkv.device,
+                                    attn_dropout=attn_dropout, training=training)
+    if reasons:
+        fallback("; ".join(reasons))
         return window_attention_eager(
             qkv, H, W, num_heads, window, shift, rel_bias=rel_bias, qkv_bias=qkv_bias,
             scale=scale, logit_scale=logit_scale, roll_before_pad=roll_before_pad,
             attn_dropout=attn_dropout, training=training)
+    # the kernels index these small tensors as contiguous; an expanded one would be read past its end
+    qkv_bias = qkv_bias.contiguous() if qkv_bias is not None else None
+    logit_scale = logit_scale.reshape(-1).contiguous() if logit_scale is not None else None
+    dtype = qkv.dtype
+    if dtype == torch.bfloat16 and qkv.device.type == "cpu":
+        # Triton's interpreter computes bfloat16 tl.dot wrongly: it runs the kernels in float32
+        qkv = qkv.float()
     out, _ = torch.ops.swin_fused.window_attention_fwd(
         qkv, rel_bias, qkv_bias, logit_scale, H, W, num_heads, list(window), list(shift), scale,
         roll_before_pad)
-    return out
+    return out.to(dtype)
 
 
 def _kernels():
@@ -189,3 +206,10 @@ def _backward(ctx, dout, _dstats):
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(DOUBLE_BACKWARD)
+
+
+_bwd.register_autograd(_no_double_backward)
