@@ -5,8 +5,9 @@ Patching changes the class of each attention module to a fused subclass of its o
 subclass MyBlock) that overrides the one method its family replaces; unpatch swaps the class back.
 Parameters, buffers and state_dict stay the same objects and keys, and the fused method belongs to
 the class, so whatever copies or re-creates a module keeps it: torch.save / torch.load (a fused
-module pickles as its own class plus a marker, so any subclass loads, in a fresh process too),
-copy.deepcopy, DataParallel replicas, FSDP2, checkpointing, torch.compile, torch.export, FX.
+module pickles as the class it was made from plus a marker, so any subclass loads, in a fresh
+process too), copy.deepcopy, DataParallel replicas, FSDP2, checkpointing, torch.compile,
+torch.export, FX.
 An FX graph that calls torchvision's `shifted_window_attention` is patched by swapping its calls.
 """
 import importlib
