@@ -129,7 +129,7 @@ def window_attention(qkv, H, W, num_heads, window_size, shift_size=0, *, rel_bia
             qkv, H, W, num_heads, window, shift, rel_bias=rel_bias, qkv_bias=qkv_bias,
             scale=scale, logit_scale=logit_scale, roll_before_pad=roll_before_pad,
             attn_dropout=attn_dropout, training=training)
-    # the kernels index these small tensors as contiguous; an expanded one would be read past its end
+    # the kernels index these small tensors as contiguous: an expanded one is read past its end
     qkv_bias = qkv_bias.contiguous() if qkv_bias is not None else None
     logit_scale = logit_scale.reshape(-1).contiguous() if logit_scale is not None else None
     dtype = qkv.dtype

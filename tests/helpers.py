@@ -1,12 +1,12 @@
-"""Shared test tools: the device, the tolerance table, the comparison with eager, kernel-launch counts.
+"""Shared test tools: the device, the tolerance table, fused-vs-eager comparison, kernel launches.
 
 Tolerances hold on any machine: PyTorch's CPU kernels round differently per vector width
 (ATEN_CPU_CAPABILITY=default/avx2/avx512) and thread count, and the interpreter's tl.dot runs in
 NumPy's BLAS, which picks its kernels by CPU too (OPENBLAS_CORETYPE), so a fused result is never
-held to a fixed bound against eager's. Both are measured against a float64 reference, and the fused error
-may be at most a multiple of eager's own error in the same dtype, plus a small floor. An error is
-relative to the reference's largest magnitude, so a gradient that cancels to a tiny fraction of
-its terms (timm V2's logit_scale at batch 1) is no measure of either: test at inputs where none does.
+held to a fixed bound against eager's. Both are measured against a float64 reference, and the
+fused error may be at most a multiple of eager's own error in the same dtype, plus a small floor.
+An error is relative to the reference's largest magnitude, so a gradient that cancels to a tiny
+fraction of its terms (timm V2's logit_scale at batch 1) measures neither: test where none does.
 """
 import contextlib
 import math

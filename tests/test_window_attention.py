@@ -283,12 +283,14 @@ def test_support_check_returns_every_reason():
                                                device=torch.device("meta"), attn_dropout=0.1,
                                                training=True)
     assert reasons == [
-        "shift (40, 0) is not within [0, window (33, 33))", "window 33x33 has more than 1024 tokens",
-        "head dim 160 is over 128", "dtype torch.float64 is not one of float16, bfloat16, float32",
-        "device meta has no Triton backend here", "attention dropout p > 0 in training is not fused"]
+        "shift (40, 0) is not within [0, window (33, 33))",
+        "window 33x33 has more than 1024 tokens", "head dim 160 is over 128",
+        "dtype torch.float64 is not one of float16, bfloat16, float32",
+        "device meta has no Triton backend here",
+        "attention dropout p > 0 in training is not fused"]
     assert swin_fused.not_supported_reasons((7, 7), (3, 3), 32, dtype=torch.float16,
                                             device=torch.device(DEVICE)) == []
     qkv = torch.zeros(1, 33 * 33, 3 * 160, dtype=torch.float64, device=DEVICE)
-    with pytest.raises(swin_fused.FallbackError,
-                       match="more than 1024 tokens; head dim 160 is over 128; dtype torch.float64"):
+    with pytest.raises(swin_fused.FallbackError, match="more than 1024 tokens; head dim 160 is "
+                                                       "over 128; dtype torch.float64"):
         swin_fused.window_attention(qkv, 33, 33, 1, 33)
