@@ -373,7 +373,7 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
     n_blocks = triton.cdiv(n, meta["BLOCK"])
     wanted = programs_wanted(qkv.device, settings.bwd_programs_per_sm)
     groups = max(1, min(n_windows, wanted // (num_heads * n_blocks)))
-    windows_per_program = triton.cdiv(n_windows, groups)
+    windows_per_program = max(1, triton.cdiv(n_windows, groups))  # an empty batch has none
     groups = triton.cdiv(n_windows, windows_per_program)
     f32 = dict(dtype=torch.float32, device=qkv.device)
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)

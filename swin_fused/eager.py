@@ -90,11 +90,12 @@ def window_attention_eager_3d(qkv, T, H, W, num_heads, window_size, shift_size=0
     attn = F.dropout(attn.softmax(dim=-1), attn_dropout, training).to(v.dtype)
     out = (attn @ v).transpose(1, 2).reshape(-1, n, heads * hd)
 
-    out = out.view(B, *grid, wt, wh, ww, -1).permute(0, 1, 4, 2, 5, 3, 6, 7)
-    out = out.reshape(B, tp, hp, wp, -1)
+    c = heads * hd  # not -1: an empty batch leaves it ambiguous
+    out = out.view(B, *grid, wt, wh, ww, c).permute(0, 1, 4, 2, 5, 3, 6, 7)
+    out = out.reshape(B, tp, hp, wp, c)
     if not roll_before_pad and shifted:
         out = torch.roll(out, shifts=shift, dims=dims)
     out = out[:, :T, :H, :W]
     if roll_before_pad and shifted:
         out = torch.roll(out, shifts=shift, dims=dims)
-    return out.reshape(B, T * H * W, -1)
+    return out.reshape(B, T * H * W, c)

@@ -1,9 +1,9 @@
 """`window_attention`: the fused op as a PyTorch custom op with a Triton forward and backward.
 
 Dispatch: CUDA tensors run the compiled Triton kernels; CPU tensors run the same kernels in Triton's
-interpreter when TRITON_INTERPRET=1, otherwise the eager PyTorch path with one warning. Input the
-kernels cannot serve (float64, a window over MAX_WINDOW_TOKENS, a head dim over MAX_HEAD_DIM,
-attention dropout in training) runs the eager path with the reason warned once. With
+interpreter when TRITON_INTERPRET=1 (bfloat16 in float32 there), otherwise the eager PyTorch path.
+`not_supported_reasons` is the one check of what the kernels serve, for the op, the model families
+and `patch`; input it rejects runs the eager path with its reasons warned once. With
 SWIN_FUSED_STRICT=1 every fallback raises FallbackError instead.
 Two kernel generations: `kernel="v1" | "v2"`, or None for the SWIN_FUSED_KERNEL environment variable
 (default v2); v1 serves 2-D windows only, and 3-D input given to it falls back with that reason.
@@ -23,6 +23,8 @@ MAX_HEAD_DIM = 128  # fp32 tiles of 256 overflow shared memory
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 KERNELS = ("v1", "v2")  # the kernel generations; v1 goes once a GPU shows v2 at least as fast
 DEFAULT_KERNEL = "v2"
+DOUBLE_BACKWARD = ("swin_fused: window_attention has no double backward (its backward is a Triton "
+                   "kernel without a derivative); use swin_fused.eager.window_attention_eager")
 
 
 class FallbackError(RuntimeError):
@@ -36,6 +38,8 @@ def strict_mode():
 _warned = set()
 
 
+# torch.compile runs this while tracing, not in the graph: dynamo cannot trace warnings.warn
+@torch.compiler.assume_constant_result
 def fallback(reason):
     """Announce a fallback to eager PyTorch: once per reason, or as an error in strict mode."""
     if strict_mode():
@@ -45,30 +49,34 @@ def fallback(reason):
         warnings.warn(f"swin_fused: {reason}; running eager PyTorch", stacklevel=3)
 
 
-def layer_unsupported(window_size, shift_size, head_dim):
-    """Why the kernels cannot serve a layer of this configuration, or None."""
+def not_supported_reasons(window_size, shift_size, head_dim, *, dtype=None, device=None,
+                          attn_dropout=0.0, training=False, kernel=None):
+    """Every reason the Triton kernels cannot serve this input; empty when they can.
+
+    window_size, shift_size: int, (height, width), or (time, height, width) for 3-D windows.
+    The op passes all of it; a model family passes its layer's configuration when patching, before
+    dtype and device are known (None skips those checks). kernel: as for window_attention.
+    """
     window, shift = _pair(window_size), _pair(shift_size)
+    reasons = []
+    if resolve_kernel(kernel) == "v1" and len(window) == 3:
+        reasons.append("kernel v1 serves 2-D windows only; v2 serves 3-D")
     if any(not 0 <= s < w for s, w in zip(shift, window)):
-        return f"shift {shift} is not within [0, window {window})"
+        reasons.append(f"shift {shift} is not within [0, window {window})")
     if math.prod(window) > MAX_WINDOW_TOKENS:
-        return f"window {'x'.join(map(str, window))} has more than {MAX_WINDOW_TOKENS} tokens"
+        reasons.append(f"window {'x'.join(map(str, window))} has more than {MAX_WINDOW_TOKENS} "
+                       "tokens")
     if head_dim > MAX_HEAD_DIM:
-        return f"head dim {head_dim} is over {MAX_HEAD_DIM}"
-    return None
-
-
-def supports(qkv, window_size, num_heads):
-    """(ok, why): whether the Triton kernels can run this input."""
-    if qkv.dtype not in KERNEL_DTYPES:
-        return False, f"dtype {qkv.dtype} is not one of float16, bfloat16, float32"
-    why = layer_unsupported(window_size, 0, qkv.shape[-1] // (3 * num_heads))
-    if why:
-        return False, why
-    if qkv.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False, "CPU tensors run the Triton kernels only with TRITON_INTERPRET=1"
-    if qkv.device.type not in ("cpu", "cuda"):
-        return False, f"device {qkv.device.type} has no Triton backend here"
-    return True, ""
+        reasons.append(f"head dim {head_dim} is over {MAX_HEAD_DIM}")
+    if dtype is not None and dtype not in KERNEL_DTYPES:
+        reasons.append(f"dtype {dtype} is not one of float16, bfloat16, float32")
+    if device is not None and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        reasons.append("CPU tensors run the Triton kernels only with TRITON_INTERPRET=1")
+    if device is not None and device.type not in ("cpu", "cuda"):
+        reasons.append(f"device {device.type} has no Triton backend here")
+    if attn_dropout > 0 and training:
+        reasons.append("attention dropout p > 0 in training is not fused")
+    return reasons
 
 
 def resolve_kernel(kernel):
@@ -81,7 +89,8 @@ def resolve_kernel(kernel):
     return kernel
 
 
-def _check_arguments(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, logit_scale):
+def _check_arguments(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, logit_scale,
+                     scale):
     """size, window, shift: (T, H, W) triples; a 2-D call has T = 1, window_t = 1, shift_t = 0."""
     layout = "T*H*W" if len(size) == 3 else "H*W"
     if qkv.dim() != 3:
@@ -111,6 +120,9 @@ def _check_arguments(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, lo
     for name, t in (("rel_bias", rel_bias), ("qkv_bias", qkv_bias), ("logit_scale", logit_scale)):
         if t is not None and t.device != qkv.device:
             raise ValueError(f"{name} is on {t.device} but qkv is on {qkv.device}")
+    if isinstance(scale, torch.Tensor) and (scale.requires_grad or scale.numel() != 1):
+        raise ValueError("scale must be a number (a one-element tensor without grad): the op does "
+                         "not differentiate it; a learned per-head scale is logit_scale")
 
 
 def window_attention(qkv, H, W, num_heads, window_size, shift_size=0, *, rel_bias=None,
@@ -122,15 +134,17 @@ def window_attention(qkv, H, W, num_heads, window_size, shift_size=0, *, rel_bia
     window_size, shift_size: int or (height, width); each shift in [0, window).
     rel_bias:   (heads, N, N) added to the scores (relative position bias), or None.
     qkv_bias:   (3*heads*head_dim,) the qkv Linear's bias: the q, k, v of a padded token. None = 0.
-    scale:      multiplies q.k (default head_dim ** -0.5); unused with logit_scale.
+    scale:      multiplies q.k (default head_dim ** -0.5), a constant; unused with logit_scale.
     logit_scale: (heads,) cosine attention (Swin V2): normalize(q).normalize(k) * logit_scale[h].
     roll_before_pad: False pads then rolls (article, torchvision); True rolls then pads (timm).
     attn_dropout, training: dropout on the attention probabilities (runs the eager path).
     kernel:     "v1" or "v2"; None reads SWIN_FUSED_KERNEL (default v2).
-    Returns (B, H*W, heads*head_dim) in the natural token layout.
+    Returns (B, H*W, heads*head_dim) in the natural token layout. Every tensor may have any
+    strides; B may be 0. Differentiable once: a second backward raises (DOUBLE_BACKWARD).
     """
     window, shift = _pair(window_size), _pair(shift_size)
-    _check_arguments(qkv, (H, W), num_heads, window, shift, rel_bias, qkv_bias, logit_scale)
+    _check_arguments(qkv, (H, W), num_heads, window, shift, rel_bias, qkv_bias, logit_scale,
+                     scale)
     return _window_attention(qkv, (1, H, W), num_heads, (1, *window), (0, *shift), rel_bias,
                              qkv_bias, scale, logit_scale, roll_before_pad, attn_dropout, training,
                              kernel)
@@ -143,34 +157,42 @@ def window_attention_3d(qkv, T, H, W, num_heads, window_size, shift_size=0, *, r
     and shift an int or (t, h, w), rel_bias (heads, N, N) with N = t*h*w. Padding and cyclic shift
     on all three axes, 27 shift-mask regions. Returns (B, T*H*W, C). Kernel v1 serves 2-D only."""
     window, shift = _triple(window_size), _triple(shift_size)
-    _check_arguments(qkv, (T, H, W), num_heads, window, shift, rel_bias, qkv_bias, logit_scale)
+    _check_arguments(qkv, (T, H, W), num_heads, window, shift, rel_bias, qkv_bias,
+                     logit_scale, scale)
     return _window_attention(qkv, (T, H, W), num_heads, window, shift, rel_bias, qkv_bias, scale,
                              logit_scale, roll_before_pad, attn_dropout, training, kernel)
 
 
 def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, scale, logit_scale,
                       roll_before_pad, attn_dropout, training, kernel):
-    """Both entry points, on (T, H, W) triples: the kernels, or the eager path with its reason."""
+    """Both entry points, on (T, H, W) triples: the kernels, or the eager path with its reasons."""
     kernel = resolve_kernel(kernel)
+    two_d = size[0] == 1 and window[0] == 1
     head_dim = qkv.shape[-1] // (3 * num_heads)
     scale = head_dim ** -0.5 if scale is None else float(scale)
-    ok, why = (False, "attention dropout p > 0 in training is not fused") \
-        if attn_dropout > 0 and training else supports(qkv, window, num_heads)
-    if ok and kernel == "v1" and (size[0] > 1 or window[0] > 1):
-        ok, why = False, "kernel v1 serves 2-D windows only (T = 1, window_t = 1); v2 serves 3-D"
-    if not ok:
-        fallback(why)
+    reasons = not_supported_reasons(window[1:] if two_d else window, shift[1:] if two_d else shift,
+                                    head_dim, dtype=qkv.dtype, device=qkv.device,
+                                    attn_dropout=attn_dropout, training=training, kernel=kernel)
+    if reasons:
+        fallback("; ".join(reasons))
         kwargs = dict(rel_bias=rel_bias, qkv_bias=qkv_bias, scale=scale, logit_scale=logit_scale,
                       roll_before_pad=roll_before_pad, attn_dropout=attn_dropout,
                       training=training)
-        if size[0] == 1 and window[0] == 1:
+        if two_d:
             return window_attention_eager(qkv, *size[1:], num_heads, window[1:], shift[1:],
                                           **kwargs)
         return window_attention_eager_3d(qkv, *size, num_heads, window, shift, **kwargs)
+    # the kernels index these small tensors as contiguous: an expanded one is read past its end
+    qkv_bias = qkv_bias.contiguous() if qkv_bias is not None else None
+    logit_scale = logit_scale.reshape(-1).contiguous() if logit_scale is not None else None
+    dtype = qkv.dtype
+    if dtype == torch.bfloat16 and qkv.device.type == "cpu":
+        # Triton's interpreter computes bfloat16 tl.dot wrongly: it runs the kernels in float32
+        qkv = qkv.float()
     out, _ = torch.ops.swin_fused.window_attention_fwd(
         qkv, rel_bias, qkv_bias, logit_scale, list(size), num_heads, list(window), list(shift),
         scale, roll_before_pad, kernel)
-    return out
+    return out.to(dtype)
 
 
 def _kernels(kernel):
@@ -240,3 +262,10 @@ def _backward(ctx, dout, _dstats):
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(DOUBLE_BACKWARD)
+
+
+_bwd.register_autograd(_no_double_backward)

@@ -1,24 +1,35 @@
 """The seed article's model (swin_fused.reference): fuse SwinTransformerBlock's attention path.
 
 The fused block runs norm1 -> qkv -> window_attention -> proj on the natural token layout; the
-pad, roll, partition, mask, reverse and crop of the eager block are gone, and so is its use of
+pad, roll, partition, mask, reverse and crop of the eager block are gone, and so are its calls of
+`attn` (WindowAttention.forward), `attn.softmax` and `attn.attn_dropout`, and its use of
 BasicLayer's mask tensor.
 """
 from swin_fused import reference
-from swin_fused.ops import layer_unsupported, window_attention
+from swin_fused.families import hooked, hooks_reason
+from swin_fused.ops import fallback, not_supported_reasons, window_attention
 
 METHOD = "forward"
 
 
-def targets(model):
-    return [m for m in model.modules() if isinstance(m, reference.SwinTransformerBlock)]
+def classes():
+    return (reference.SwinTransformerBlock,)
 
 
 def unsupported(block):
-    return layer_unsupported(block.window_size, block.shift_size, block.dim // block.n_heads)
+    return not_supported_reasons(block.window_size, block.shift_size, block.dim // block.n_heads)
+
+
+def skipped(block):
+    attn = block.attn
+    return {"attn": attn, "attn.softmax": attn.softmax, "attn.attn_dropout": attn.attn_dropout}
 
 
 def fused(self, x, attn_mask=None):
+    hooks = hooked(skipped(self))
+    if hooks:
+        fallback(hooks_reason(self, hooks))
+        return self.unfused_class.forward(self, x, attn_mask)
     attn = self.attn
     shortcut = x
     qkv = attn.qkv(self.norm1(x))

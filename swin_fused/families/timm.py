@@ -7,7 +7,8 @@ are the block's own attributes (clamped to the resolution unless always_partitio
 set_input_size), read on every call. The shift mask is the same whether the block keeps a static
 mask or builds it per input (dynamic_mask). V1 allows head_dim != dim / heads; V2 has cosine
 attention, a 16*sigmoid(cpb_mlp) position bias and a qkv bias made of q_bias, a zero k_bias
-buffer and v_bias.
+buffer and v_bias. The fused `_attn` no longer calls `attn` (WindowAttention.forward),
+`attn.softmax` or `attn.attn_drop`.
 
 timm is optional: nothing here imports it.
 """
@@ -17,33 +18,32 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from swin_fused.ops import layer_unsupported, window_attention
+from swin_fused.families import hooked, hooks_reason
+from swin_fused.ops import fallback, not_supported_reasons, window_attention
 
 METHOD = "_attn"
 V1 = "timm.models.swin_transformer"
 V2 = "timm.models.swin_transformer_v2"
 
 
-def _block_classes():
+def classes():
     # a model can hold timm's Swin blocks only once their module has been imported
-    classes = []
+    found = []
     if V1 in sys.modules:
-        classes.append(sys.modules[V1].SwinTransformerBlock)
+        found.append(sys.modules[V1].SwinTransformerBlock)
     if V2 in sys.modules:
-        classes.append(sys.modules[V2].SwinTransformerV2Block)
-    return tuple(classes)
-
-
-def targets(model):
-    classes = _block_classes()
-    if not classes:
-        return []
-    return [m for m in model.modules() if isinstance(m, classes)]
+        found.append(sys.modules[V2].SwinTransformerV2Block)
+    return tuple(found)
 
 
 def unsupported(block):
     head_dim = block.attn.qkv.out_features // (3 * block.attn.num_heads)
-    return layer_unsupported(block.window_size, block.shift_size, head_dim)
+    return not_supported_reasons(block.window_size, block.shift_size, head_dim)
+
+
+def skipped(block):
+    attn = block.attn
+    return {"attn": attn, "attn.softmax": attn.softmax, "attn.attn_drop": attn.attn_drop}
 
 
 def _cosine_inputs(attn):
@@ -59,6 +59,10 @@ def _cosine_inputs(attn):
 
 
 def fused(self, x):
+    hooks = hooked(skipped(self))
+    if hooks:
+        fallback(hooks_reason(self, hooks))
+        return self.unfused_class._attn(self, x)
     B, H, W, C = x.shape
     attn = self.attn
     v2 = sys.modules.get(V2)
