@@ -112,13 +112,15 @@ def kernel_launches():
 
 
 def joined_output(out):
-    """A model's output as one flat tensor: a tensor, or the tensors of a list, tuple or dict
-    (a Hugging Face ModelOutput) flattened and joined."""
+    """A model's output as one flat tensor: a tensor, or the tensors in a list, tuple or dict
+    (a Hugging Face ModelOutput) flattened and joined; anything else (sizes, None) left out."""
     if isinstance(out, dict):
         out = list(out.values())
     if isinstance(out, (list, tuple)):
-        return torch.cat([joined_output(t).flatten() for t in out if t is not None])
-    return out
+        parts = [joined_output(t) for t in out]
+        parts = [t.flatten() for t in parts if t is not None]
+        return torch.cat(parts) if parts else None
+    return out if isinstance(out, torch.Tensor) else None
 
 
 def output_and_grads(model, x):
@@ -131,10 +133,20 @@ def output_and_grads(model, x):
     return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-def assert_patched_matches_unpatched(reference, x):
+def _grouped(grads, group):
+    """{name: grad} with the gradients whose group(name) is the same joined into one flat tensor."""
+    joined = {}
+    for name, grad in grads.items():
+        joined.setdefault(group(name), []).append(grad.flatten())
+    return {key: torch.cat(parts) for key, parts in joined.items()}
+
+
+def assert_patched_matches_unpatched(reference, x, group=None):
     """A patched copy of the fp32 model `reference` against it, both against a float64 copy: the
-    output and every parameter gradient, with the Triton kernels run. Returns (patched model,
-    kernel launches)."""
+    output and every parameter gradient, with the Triton kernels run. `group(name)`, where given,
+    joins gradients measured as one (a key bias's gradient is zero but for rounding, as softmax
+    ignores a shift shared by a row: measured with the query and value biases', as a joined qkv
+    bias is). Returns (patched model, kernel launches)."""
     import swin_fused
     model = swin_fused.patch(copy.deepcopy(reference))
     with kernel_launches() as launches:
@@ -143,6 +155,9 @@ def assert_patched_matches_unpatched(reference, x):
         f"the Triton kernels did not run: {launches}"
     eager, eager_grads = output_and_grads(reference, x)
     exact, exact_grads = output_and_grads(copy.deepcopy(reference).double(), x.double())
+    if group is not None:
+        grads, eager_grads, exact_grads = (_grouped(g, group)
+                                           for g in (grads, eager_grads, exact_grads))
     assert_as_accurate_as_eager(out, eager, exact, torch.float32, "output")
     assert grads.keys() == exact_grads.keys()
     for name, grad in exact_grads.items():

@@ -261,7 +261,8 @@ def test_patch_imports_no_model_family():
     code = ("import sys, torch, swin_fused\n"
             "try:\n    swin_fused.patch(torch.nn.Sequential(torch.nn.Linear(2, 2)))\n"
             "except ValueError:\n    pass\n"
-            "for name in ('timm', 'torchvision.models.swin_transformer'):\n"
+            "for name in ('timm', 'torchvision.models.swin_transformer', 'monai',\n"
+            "             'torchvision.models.video.swin_transformer', 'transformers'):\n"
             "    assert name not in sys.modules, f'swin_fused imported {name}'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
