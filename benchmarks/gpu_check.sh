@@ -43,7 +43,8 @@ OUT=${1:-${OUT_DIR:-benchmarks/results}}
 export QUICK=${QUICK:-0}
 [ "$QUICK" = 1 ] && default_budget=170 || default_budget=290
 BUDGET_S=${BUDGET_S:-$default_budget}
-STAGES=${STAGES:-install env op1 train224 profile op models tests bias-grad compiled op3d video unetr}
+ALL_STAGES="install env op1 train224 profile op models tests bias-grad compiled op3d video unetr"
+STAGES=${STAGES:-$ALL_STAGES}
 PYTHON=${PYTHON:-python}
 export PYTHONUNBUFFERED=1  # a stage killed at its timeout still leaves its log
 RESERVE_S=10  # kept for the final summary
