@@ -1,6 +1,8 @@
 from setuptools import setup
 
 CIFAR = ["tqdm", "tensorboard", "matplotlib"]
+# the optional model families the tests patch; MONAI's SwinUNETR needs einops
+FAMILIES = ["timm", "monai", "einops", "transformers"]
 
 setup(
     name="swin-fused",
@@ -15,6 +17,6 @@ setup(
     install_requires=["torch>=2.11", "triton>=3.6", "torchvision>=0.26", "numpy"],
     extras_require={
         "cifar": CIFAR,
-        "test": ["pytest", "pytest-benchmark", "timm"] + CIFAR,
+        "test": ["pytest", "pytest-benchmark"] + FAMILIES + CIFAR,
     },
 )

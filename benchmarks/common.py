@@ -8,6 +8,7 @@ cases; SWIN_FUSED_KERNEL the fused op's default kernel generation.
 """
 import contextlib
 import functools
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -75,19 +76,38 @@ def fused_kernel():
 
 @dataclass(frozen=True)
 class ModelSpec:
-    tag: str          # the group's size label: "cifar" (32x32) or "224"
-    image: int
+    tag: str          # the group's size label: "cifar" (32x32), "224", "video", "3d"
+    input: tuple      # one sample: (channels, *spatial)
     classes: int
     rounds: int       # timed rounds of one step each
-    sdpa: bool = False  # has an SDPA attention path of its own (timm's fused_attn)
+    sdpa: bool = False  # has an SDPA attention path of its own (timm's fused_attn, MONAI's)
+    batch: int = 128  # the GPU cases' batch
+    dense: bool = False  # segmentation: a label per voxel, not per sample
+    compiled: bool = True  # has compiled impls (compiling SwinUNETR is left out: minutes)
 
 
 MODELS = {
-    "swin_cifar": ModelSpec("cifar", 32, 10, rounds=10),
-    "swin_t": ModelSpec("224", 224, 1000, rounds=5),
-    "tv_swin_t": ModelSpec("224", 224, 1000, rounds=5),
-    "timm_swin_t": ModelSpec("224", 224, 1000, rounds=5, sdpa=True),
+    "swin_cifar": ModelSpec("cifar", (3, 32, 32), 10, rounds=10),
+    "swin_t": ModelSpec("224", (3, 224, 224), 1000, rounds=5),
+    "tv_swin_t": ModelSpec("224", (3, 224, 224), 1000, rounds=5),
+    "timm_swin_t": ModelSpec("224", (3, 224, 224), 1000, rounds=5, sdpa=True),
+    # torchvision's Video Swin-T on 16x224x224 clips (8x56x56 tokens, windows 8x7x7): batch 8, as
+    # its Kinetics recipe has per GPU
+    "swin3d_t": ModelSpec("video", (3, 16, 224, 224), 400, rounds=5, batch=8),
+    # MONAI's SwinUNETR (feature size 48, the BTCV config) on its usual 96^3 patches, 14 classes
+    "swin_unetr": ModelSpec("3d", (1, 96, 96, 96), 14, rounds=5, sdpa=True, batch=2, dense=True,
+                            compiled=False),
 }
+
+
+def _without_stochastic_depth(model):
+    """No stochastic depth in a torchvision model, so the agreement check's training passes drop
+    the same paths: none."""
+    import torchvision
+    for m in model.modules():
+        if isinstance(m, torchvision.ops.StochasticDepth):
+            m.p = 0.0
+    return model
 
 
 def _build(name):
@@ -98,28 +118,33 @@ def _build(name):
         return reference.swin_t()
     if name == "tv_swin_t":
         import torchvision
-        model = torchvision.models.swin_t()
-        # no stochastic depth, so the agreement check's training passes drop the same paths: none
-        for m in model.modules():
-            if isinstance(m, torchvision.ops.StochasticDepth):
-                m.p = 0.0
-        return model
+        return _without_stochastic_depth(torchvision.models.swin_t())
     if name == "timm_swin_t":
         timm = pytest.importorskip("timm", reason="timm_swin_t needs timm (the test extra)")
         return timm.create_model("swin_tiny_patch4_window7_224", drop_path_rate=0.0)
+    if name == "swin3d_t":
+        import torchvision
+        return _without_stochastic_depth(torchvision.models.video.swin3d_t())
+    if name == "swin_unetr":
+        pytest.importorskip("monai", reason="swin_unetr needs MONAI (pip install monai einops), "
+                                            "which the GPU machine may lack: it has no network")
+        pytest.importorskip("einops", reason="MONAI's SwinUNETR needs einops (pip install einops)")
+        from monai.networks.nets import SwinUNETR
+        return SwinUNETR(in_channels=1, out_channels=14, feature_size=48)
     raise ValueError(f"unknown model {name}")
 
 
 def make_model(name, impl, mode, device=DEVICE, compile_mode=None):
     """The one model factory: the same weights for every impl (fixed seed), on `device`, in the
-    mode's train/eval state. sdpa: timm's SDPA path on in every block; fused: swin_fused.patch'ed;
-    compiled: torch.compile'd (after the rest), with `compile_mode`."""
+    mode's train/eval state. sdpa: the model's own SDPA path on in every block (timm's fused_attn,
+    MONAI's use_flash_attention); fused: swin_fused.patch'ed; compiled: torch.compile'd (after the
+    rest), with `compile_mode`."""
     torch.manual_seed(0)
     model = _build(name).to(device).train(mode == "train")
     if MODELS[name].sdpa:
-        from benchmarks.peers import set_timm_fused_attn
+        from benchmarks.peers import set_sdpa
         # explicitly off for every other impl: TIMM_FUSED_ATTN in the environment must not leak in
-        set_timm_fused_attn(model, "sdpa" in impl)
+        set_sdpa(model, "sdpa" in impl)
     elif "sdpa" in impl:
         raise ValueError(f"{name} has no SDPA attention path of its own")
     if "fused" in impl:
@@ -134,11 +159,13 @@ def make_model(name, impl, mode, device=DEVICE, compile_mode=None):
 
 
 def make_batch(name, batch, device=DEVICE):
-    """The one image input factory: random images and labels for model `name`."""
+    """The one input factory: random images (clips, volumes) and labels (per sample, or per voxel
+    for segmentation) for model `name`."""
     spec = MODELS[name]
     gen = torch.Generator().manual_seed(1)
-    images = torch.randn(batch, 3, spec.image, spec.image, generator=gen)
-    labels = torch.randint(0, spec.classes, (batch,), generator=gen)
+    images = torch.randn(batch, *spec.input, generator=gen)
+    labels = torch.randint(0, spec.classes, (batch, *spec.input[1:]) if spec.dense else (batch,),
+                           generator=gen)
     return images.to(device), labels.to(device)
 
 
@@ -202,13 +229,28 @@ class OpShape:
     W: int
     dim: int
     heads: int
-    window: int = 7
-    shift: int = 3
+    window: int = 7   # square; (t, h, w) for a 3-D map
+    shift: int = 3    # the same for every axis; (t, h, w) for a 3-D map
+    T: int = 0        # frames (depth) of a 3-D map; 0 for a 2-D one
+
+    @property
+    def size(self):
+        return (self.T, self.H, self.W) if self.T else (self.H, self.W)
+
+    @property
+    def tokens(self):
+        return math.prod(self.size)
+
+    @property
+    def window_tokens(self):
+        return math.prod(self.window) if self.T else self.window ** 2
 
     @property
     def label(self):
-        return (f"B{self.batch} {self.H}x{self.W} C{self.dim} h{self.heads} "
-                f"w{self.window} s{self.shift}")
+        def axes(v):
+            return "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
+        return (f"B{self.batch} {axes(self.size)} C{self.dim} h{self.heads} "
+                f"w{axes(self.window)} s{axes(self.shift)}")
 
 
 STAGE1 = OpShape(128, 56, 56, 96, 3)
@@ -216,27 +258,34 @@ SWIN_T_STAGES = (STAGE1, OpShape(128, 28, 28, 192, 6), OpShape(128, 14, 14, 384,
                  OpShape(128, 7, 7, 768, 24))
 CIFAR_STAGES = (OpShape(128, 16, 16, 192, 3), OpShape(128, 8, 8, 384, 6),
                 OpShape(128, 4, 4, 768, 12))
+# stage 1 of torchvision's swin3d_t on 16x224x224 clips at batch 8: window 8x7x7 (392 tokens);
+# the time axis (8 after patch 2) fits in one window, so torchvision drops its shift
+SWIN3D_T_STAGE1 = OpShape(8, 56, 56, 96, 3, window=(8, 7, 7), shift=(0, 3, 3), T=8)
+# stage 1 of MONAI's SwinUNETR (feature size 48) on 96^3 patches at batch 2: 7x7x7 (343 tokens)
+SWIN_UNETR_STAGE1 = OpShape(2, 48, 48, 48, 3, window=(7, 7, 7), shift=(3, 3, 3), T=48)
 # every stage of each model, as the op sees it in a shifted block: group op-*-<model>-stage<k>
-OP_STAGES = {"swin_t": SWIN_T_STAGES, "swin_cifar": CIFAR_STAGES}
+OP_STAGES = {"swin_t": SWIN_T_STAGES, "swin_cifar": CIFAR_STAGES,
+             "swin3d_t": (SWIN3D_T_STAGE1,), "swin_unetr": (SWIN_UNETR_STAGE1,)}
 
 
 def op_inputs(shape, dtype, device=DEVICE, requires_grad=False, seed=0):
-    """The one op input factory: qkv (B, H*W, 3C) in `dtype`, fp32 rel_bias (heads, N, N) and
+    """The one op input factory: qkv (B, tokens, 3C) in `dtype`, fp32 rel_bias (heads, N, N) and
     qkv_bias (3C,) as a model under autocast passes them, and an output gradient."""
     torch.manual_seed(seed)
-    n = shape.window ** 2
-    qkv = torch.randn(shape.batch, shape.H * shape.W, 3 * shape.dim, device=device, dtype=dtype)
+    n = shape.window_tokens
+    qkv = torch.randn(shape.batch, shape.tokens, 3 * shape.dim, device=device, dtype=dtype)
     rel_bias = torch.randn(shape.heads, n, n, device=device)
     qkv_bias = torch.randn(3 * shape.dim, device=device)
-    dout = torch.randn(shape.batch, shape.H * shape.W, shape.dim, device=device, dtype=dtype)
+    dout = torch.randn(shape.batch, shape.tokens, shape.dim, device=device, dtype=dtype)
     qkv.requires_grad_(requires_grad)
     rel_bias.requires_grad_(requires_grad)
     return dict(qkv=qkv, rel_bias=rel_bias, qkv_bias=qkv_bias), dout
 
 
 def call_op(fn, shape, inputs):
-    """Any window-attention implementation with the signature of swin_fused.window_attention."""
-    return fn(inputs["qkv"], shape.H, shape.W, shape.heads, shape.window, shape.shift,
+    """Any window-attention implementation with the signature of swin_fused.window_attention, or
+    of window_attention_3d for a 3-D shape."""
+    return fn(inputs["qkv"], *shape.size, shape.heads, shape.window, shape.shift,
               rel_bias=inputs["rel_bias"], qkv_bias=inputs["qkv_bias"],
               scale=(shape.dim // shape.heads) ** -0.5)
 
@@ -244,7 +293,7 @@ def call_op(fn, shape, inputs):
 def op_bytes(shape, itemsize, forward=True, backward=False):
     """The fewest bytes the op must move: forward reads qkv and writes out; backward reads qkv,
     out and dout and writes dqkv. The same count for every implementation."""
-    qkv = shape.batch * shape.H * shape.W * 3 * shape.dim * itemsize
+    qkv = shape.batch * shape.tokens * 3 * shape.dim * itemsize
     out = qkv // 3
     return (qkv + out if forward else 0) + (2 * qkv + 2 * out if backward else 0)
 

@@ -27,7 +27,7 @@ from swin_fused.kernels import common, v1, v2
 SHARED_LIMIT = 227 * 1024
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 GENERATIONS = {"v1": v1, "v2": v2}
-FLOAT_ARGS = {"scale"}
+FLOAT_ARGS = {"scale", "mask_value"}
 F32_POINTERS = {"STATS", "DELTA", "BIAS", "TABLE", "QKV_BIAS", "LOGIT_SCALE", "DBIAS", "DPAD",
                 "DSCALE"}
 WINDOWS_3D = ((2, 3, 3), (8, 7, 7), (7, 7, 7))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command for the GPU machine: the most telling numbers first (the op's forward+backward
 # at Swin-T stage 1 with every impl, then Swin-T 224 training with every impl), then the kernel
-# profile, the other op and model cases, the GPU tests and the remaining compiled cases. Each stage
+# profile, the other op and model cases, the GPU tests, the remaining compiled cases, and last the
+# 3-D cases (video Swin, SwinUNETR), which a first call cuts for time. Each stage
 # runs under its own timeout inside one time budget and leaves its results in the folder before the
 # next starts; a failed stage, or one cut because the budget could not hold it, is recorded in
 # stages.txt, never fatal.
@@ -9,7 +10,8 @@
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]   # or OUT_DIR=...; default benchmarks/results
 #   QUICK=1            a rerun within 3 minutes: fewer rounds and cases
 #   STAGES="op1 train224"  run only these stage families (install env op1 train224 profile op
-#                      models tests bias-grad compiled) or exact stage names from stages.txt
+#                      models tests bias-grad compiled op3d video unetr) or exact stage names
+#                      from stages.txt; STAGES="install env op3d video unetr": the 3-D cases
 #   BUDGET_S=290       the whole script's budget in seconds (QUICK=1: 170)
 #
 # Writes at most 8 files: env.txt tests.log bench.log bench.json profile.txt summary.md chart.png
@@ -29,6 +31,10 @@
 #     while the budget lasts
 #   then profile (~30), op (the other stages, ~80), models (the other groups, ~100), tests (~100),
 #   bias-grad (~15) and the remaining compiled cases (~40-70 each): a second call
+#   3-D, last: op3d (the op at swin3d_t and SwinUNETR stage 1, uncompiled, ~40), video (swin3d_t
+#   16x224x224 training and inference at batch 8, uncompiled, ~90), unetr (SwinUNETR 96^3, skipped
+#   with the reason where MONAI is not installed), then their compiled and FlexAttention cases
+#   (~60-90 each): a call of their own
 # QUICK=1 (170 s) gets op1 with every impl and train224 uncompiled; its compiled cases need warm
 # caches (a second call on a warm machine compiles in seconds) or the second call.
 set -u
@@ -37,7 +43,8 @@ OUT=${1:-${OUT_DIR:-benchmarks/results}}
 export QUICK=${QUICK:-0}
 [ "$QUICK" = 1 ] && default_budget=170 || default_budget=290
 BUDGET_S=${BUDGET_S:-$default_budget}
-STAGES=${STAGES:-install env op1 train224 profile op models tests bias-grad compiled}
+ALL_STAGES="install env op1 train224 profile op models tests bias-grad compiled op3d video unetr"
+STAGES=${STAGES:-$ALL_STAGES}
 PYTHON=${PYTHON:-python}
 export PYTHONUNBUFFERED=1  # a stage killed at its timeout still leaves its log
 RESERVE_S=10  # kept for the final summary
@@ -111,11 +118,11 @@ print("python", sys.version.split()[0])
 print("torch", torch.__version__, "cuda", torch.version.cuda)
 print("triton", triton.__version__)
 print("torchvision", torchvision.__version__)
-try:
-    import timm
-    print("timm", timm.__version__)
-except ImportError as e:
-    print("timm: not installed:", e)
+for name in ("timm", "monai", "einops", "transformers"):
+    try:
+        print(name, __import__(name).__version__)
+    except ImportError as e:
+        print(f"{name}: not installed:", e)
 import swin_fused
 print("swin_fused", swin_fused.__version__, "from", swin_fused.__file__)
 if not torch.cuda.is_available():
@@ -128,9 +135,11 @@ OP1=op-fwdbwd-swin_t-stage1
 [ "$QUICK" = 1 ] && tests_max=100 || tests_max=120
 # kernel compilation dominates the suite on a fresh machine: spread it over 8 processes if we can
 "$PYTHON" -c "import xdist" 2>/dev/null && xdist=(-n 8) || xdist=()
+# the 3-D cases run last, in stages of their own
+THREE_D="swin3d_t or swin_unetr"
 # the cases op1 and train224 already ran, left out of the later stages
-op_rest="not compiled and not flex"
-models_rest="not compiled"
+op_rest="not compiled and not flex and not ($THREE_D)"
+models_rest="not compiled and not ($THREE_D)"
 selected op1 && op_rest="$op_rest and not $OP1"
 TRAIN224="train-224-swin_t or train-224-timm_swin_t"
 selected train224 && models_rest="$models_rest and not ($TRAIN224)"
@@ -179,6 +188,19 @@ if [ "$QUICK" != 1 ]; then  # QUICK=1 skips the compiled CIFAR cases (common.ski
     compiled_cases $M infer-cifar-swin_cifar compiled fused+compiled
     compiled_cases $M infer-cifar-swin_cifar-b64 compiled fused+compiled
 fi
+
+# 4. 3-D windows: the op at swin3d_t and SwinUNETR stage 1, swin3d_t training and inference,
+# SwinUNETR (skipped with the reason without MONAI), then their compiled and FlexAttention cases
+bench op3d 30 150 benchmarks/test_op.py -k "($THREE_D) and not compiled and not flex"
+bench video 40 180 $M -k "video-swin3d_t and not compiled"
+bench unetr 10 180 $M -k "swin_unetr"
+for group in op-fwdbwd-swin3d_t-stage1 op-fwdbwd-swin_unetr-stage1 op-fwd-swin3d_t-stage1 \
+    op-fwd-swin_unetr-stage1; do
+    # shellcheck disable=SC2046
+    bench "op3d:$group" 50 180 $(ids benchmarks/test_op.py "$group" compiled flex)
+done
+# shellcheck disable=SC2046
+bench video:train-compiled 60 180 $(ids $M train-video-swin3d_t compiled fused+compiled)
 
 if ((${#CUT[@]})); then
     printf 'cut for time: %d stages; rerun them on another call with\n  STAGES="%s"\n' \

@@ -1,76 +1,75 @@
 """What a user could pick instead of swin-fused, in plain PyTorch: the peers the benchmarks time.
 
-Op level, each with the signature of swin_fused.window_attention (square windows):
-- `window_attention_sdpa`: pad/roll/partition, then F.scaled_dot_product_attention with the bias
-  and shift mask materialised as attn_mask, as timm's fused_attn path does;
-- `window_attention_flex`: the same pad/roll/partition, then FlexAttention with a score_mod that
-  adds the relative position bias and the -100 shift mask (compiled, as FlexAttention requires);
-- `compiled_eager()`: torch.compile of swin_fused.eager's op.
-Model level: `set_timm_fused_attn` switches timm's SDPA path on for every block.
-The pad/roll/partition follows swin_fused.eager step by step (padded tokens take the qkv bias).
+Op level, each with the signature of swin_fused.window_attention (2-D) or window_attention_3d
+(`*_3d`):
+- `window_attention_sdpa(_3d)`: pad/roll/partition, then F.scaled_dot_product_attention with the
+  bias and shift mask materialised as attn_mask, as timm's fused_attn and MONAI's
+  use_flash_attention paths do;
+- `window_attention_flex(_3d)`: the same pad/roll/partition, then FlexAttention with a score_mod
+  that adds the relative position bias and the -100 shift mask (compiled, as FlexAttention
+  requires);
+- `compiled_eager()`, `compiled_eager_3d()`: torch.compile of swin_fused.eager's op.
+Model level: `set_sdpa` switches a model's own SDPA path on for every block (timm's fused_attn,
+MONAI's use_flash_attention).
+The pad/roll/partition are swin_fused.eager's own steps (padded tokens take the qkv bias).
 """
 import functools
 
 import torch
 import torch.nn.functional as F
 
-from swin_fused.eager import region_labels, window_attention_eager
+from swin_fused.eager import (_pair, _triple, crop, pad, padded_size, partition, roll,
+                              unpartition, window_attention_eager, window_attention_eager_3d,
+                              window_labels)
 
 
-def _partition(x, window):
-    """(B, Hp, Wp, ...) -> (B * windows, window * window, ...), windows in row-major order."""
-    B, hp, wp = x.shape[:3]
-    x = x.reshape(B, hp // window, window, wp // window, window, *x.shape[3:])
-    return x.transpose(2, 3).reshape(-1, window * window, *x.shape[5:])
-
-
-def _padded(size, window):
-    return size + (window - size % window) % window
-
-
-def to_windows(qkv, H, W, num_heads, window, shift, qkv_bias):
-    """q, k, v as (B * windows, heads, window * window, head_dim): the map padded with the qkv
-    bias at the bottom and right, rolled by -shift, partitioned."""
+def to_windows(qkv, size, num_heads, window, shift, qkv_bias):
+    """q, k, v as (B * windows, heads, N, head_dim): the (B, prod(size), 3C) map padded with the
+    qkv bias at the end of each axis, rolled by -shift, partitioned."""
     B, _, C3 = qkv.shape
-    hp, wp = _padded(H, window), _padded(W, window)
     fill = qkv_bias.to(qkv.dtype) if qkv_bias is not None else qkv.new_zeros(C3)
-    x = torch.cat([qkv.view(B, H, W, C3), fill.expand(B, hp - H, W, C3)], dim=1)
-    x = torch.cat([x, fill.expand(B, hp, wp - W, C3)], dim=2)
-    if shift:
-        x = torch.roll(x, (-shift, -shift), (1, 2))
-    windows = _partition(x, window)
+    x = pad(qkv.view(B, *size, C3), window, fill)
+    if any(shift):
+        x = roll(x, shift)
+    windows = partition(x, window)
     return windows.view(*windows.shape[:2], 3, num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
 
 
-def from_windows(out, B, H, W, window, shift):
-    """(B * windows, heads, n, head_dim) -> (B, H*W, C): reverse, roll back, crop."""
-    hp, wp = _padded(H, window), _padded(W, window)
-    C = out.shape[1] * out.shape[3]
-    x = out.transpose(1, 2).reshape(B, hp // window, wp // window, window, window, C)
-    x = x.transpose(2, 3).reshape(B, hp, wp, C)
-    if shift:
-        x = torch.roll(x, (shift, shift), (1, 2))
-    return x[:, :H, :W].reshape(B, H * W, C)
+def from_windows(out, B, size, window, shift):
+    """(B * windows, heads, N, head_dim) -> (B, prod(size), C): reverse, roll back, crop."""
+    x = out.transpose(1, 2).reshape(out.shape[0], out.shape[2], -1)
+    x = unpartition(x, B, padded_size(size, window), window)
+    if any(shift):
+        x = roll(x, shift, back=True)
+    return crop(x, size).reshape(B, -1, x.shape[-1])
 
 
-def window_labels(H, W, window, shift, device):
-    """Shift-mask region label of each token of each window: (windows per image, n)."""
-    hp, wp = _padded(H, window), _padded(W, window)
-    labels = (region_labels(hp, window, shift, device)[:, None] * 3
-              + region_labels(wp, window, shift, device)[None, :])
-    return _partition(labels[None], window)
+def _labels(size, window, shift, device):
+    """(windows per image, N): each window token's shift region."""
+    return window_labels(padded_size(size, window), window, shift, device)
+
+
+def _sdpa(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, scale):
+    q, k, v = to_windows(qkv, size, num_heads, window, shift, qkv_bias)
+    attn_mask = rel_bias[None]
+    if any(shift):
+        labels = _labels(size, window, shift, qkv.device)
+        mask = torch.where(labels[:, :, None] == labels[:, None, :], 0.0, -100.0)
+        attn_mask = (attn_mask + mask[:, None]).repeat(qkv.shape[0], 1, 1, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), scale=scale)
+    return from_windows(out, qkv.shape[0], size, window, shift)
 
 
 def window_attention_sdpa(qkv, H, W, num_heads, window, shift, *, rel_bias, qkv_bias, scale):
     """timm's fused_attn path: one SDPA call with a (windows, heads, n, n) bias + mask tensor."""
-    q, k, v = to_windows(qkv, H, W, num_heads, window, shift, qkv_bias)
-    attn_mask = rel_bias[None]
-    if shift:
-        labels = window_labels(H, W, window, shift, qkv.device)
-        mask = torch.where(labels[:, :, None] == labels[:, None, :], 0.0, -100.0)
-        attn_mask = (attn_mask + mask[:, None]).repeat(qkv.shape[0], 1, 1, 1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), scale=scale)
-    return from_windows(out, qkv.shape[0], H, W, window, shift)
+    return _sdpa(qkv, (H, W), num_heads, _pair(window), _pair(shift), rel_bias, qkv_bias, scale)
+
+
+def window_attention_sdpa_3d(qkv, T, H, W, num_heads, window, shift, *, rel_bias, qkv_bias,
+                             scale):
+    """MONAI's use_flash_attention path over a (T, H, W) map: one SDPA call, bias + mask."""
+    return _sdpa(qkv, (T, H, W), num_heads, _triple(window), _triple(shift), rel_bias, qkv_bias,
+                 scale)
 
 
 @functools.cache
@@ -80,23 +79,35 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention)
 
 
-def window_attention_flex(qkv, H, W, num_heads, window, shift, *, rel_bias, qkv_bias, scale):
-    """FlexAttention over the windows: score_mod adds rel_bias[h, i, j] and, where the shift
-    regions of query i and key j differ, -100. No block mask: pytorch issue 153799 (NaN gradients
-    with a block mask at lengths not a multiple of 128) concerns windows of 49 tokens."""
-    q, k, v = to_windows(qkv, H, W, num_heads, window, shift, qkv_bias)
-    labels = window_labels(H, W, window, shift, qkv.device)
+def _flex(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, scale):
+    q, k, v = to_windows(qkv, size, num_heads, window, shift, qkv_bias)
+    labels = _labels(size, window, shift, qkv.device)
     windows_per_image = labels.shape[0]
+    shifted = any(shift)
 
     def score_mod(score, b, h, q_idx, kv_idx):
         score = score + rel_bias[h, q_idx, kv_idx]
-        if not shift:
+        if not shifted:
             return score
         w = b % windows_per_image
         return torch.where(labels[w, q_idx] == labels[w, kv_idx], score, score - 100.0)
 
     out = _compiled_flex_attention()(q, k, v, score_mod=score_mod, scale=scale)
-    return from_windows(out, qkv.shape[0], H, W, window, shift)
+    return from_windows(out, qkv.shape[0], size, window, shift)
+
+
+def window_attention_flex(qkv, H, W, num_heads, window, shift, *, rel_bias, qkv_bias, scale):
+    """FlexAttention over the windows: score_mod adds rel_bias[h, i, j] and, where the shift
+    regions of query i and key j differ, -100. No block mask: pytorch issue 153799 (NaN gradients
+    with a block mask at lengths not a multiple of 128) concerns windows of 49 tokens."""
+    return _flex(qkv, (H, W), num_heads, _pair(window), _pair(shift), rel_bias, qkv_bias, scale)
+
+
+def window_attention_flex_3d(qkv, T, H, W, num_heads, window, shift, *, rel_bias, qkv_bias,
+                             scale):
+    """window_attention_flex over a (T, H, W) map (windows of 343-392 tokens)."""
+    return _flex(qkv, (T, H, W), num_heads, _triple(window), _triple(shift), rel_bias, qkv_bias,
+                 scale)
 
 
 def compiled_eager():
@@ -104,12 +115,22 @@ def compiled_eager():
     return torch.compile(window_attention_eager)
 
 
-def set_timm_fused_attn(model, enabled=True):
-    """timm's SDPA path (off by default for Swin: `use_fused_attn(experimental=True)`) on every
-    window attention of `model`; returns how many it switched."""
+def compiled_eager_3d():
+    """torch.compile of the plain-PyTorch 3-D op, compiled afresh at its first call."""
+    return torch.compile(window_attention_eager_3d)
+
+
+def set_sdpa(model, enabled=True):
+    """The model's own SDPA path on (or off) in every window attention: timm's `fused_attn` (off
+    by default for Swin: `use_fused_attn(experimental=True)`), MONAI's `use_flash_attention`
+    (which it takes only without autograd: a training step runs its eager path); returns how many
+    it switched."""
     switched = 0
     for module in model.modules():
-        if hasattr(module, "fused_attn") and hasattr(module, "relative_position_bias_table"):
-            module.fused_attn = enabled
-            switched += 1
+        if not hasattr(module, "relative_position_bias_table"):
+            continue
+        for flag in ("fused_attn", "use_flash_attention"):
+            if hasattr(module, flag):
+                setattr(module, flag, enabled)
+                switched += 1
     return switched

@@ -33,13 +33,14 @@ def profile(generation, shape, settings=None, dtype=torch.bfloat16):
 
     import triton.testing
 
+    from swin_fused.eager import MASK_VALUE
     from swin_fused.kernels.common import Geometry
     kernels = importlib.import_module(f"swin_fused.kernels.{generation}")
     inputs, dout = op_inputs(shape, dtype)
     geometry = Geometry.of((1, shape.H, shape.W), (1, shape.window, shape.window),
                            (0, shape.shift, shape.shift), False)
     qkv, rel_bias, qkv_bias = inputs["qkv"], inputs["rel_bias"], inputs["qkv_bias"]
-    args = (geometry, shape.heads, (shape.dim // shape.heads) ** -0.5, settings)
+    args = (geometry, shape.heads, (shape.dim // shape.heads) ** -0.5, MASK_VALUE, settings)
     out, stats = kernels.window_attention_fwd(qkv, rel_bias, qkv_bias, None, *args)
     fwd = triton.testing.do_bench(
         lambda: kernels.window_attention_fwd(qkv, rel_bias, qkv_bias, None, *args),

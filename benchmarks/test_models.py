@@ -1,11 +1,15 @@
 """Whole-model throughput, latency and peak memory under bf16 autocast.
 
 Models: the seed's swin_cifar at 32x32, the reference swin_t, torchvision's swin_t and timm's
-swin_tiny_patch4_window7_224 at 224. Groups:
-- `{train,infer}-{cifar,224}-{model}`: one training step (forward, loss, backward, AdamW step) or
-  an inference forward at batch 128; swin_cifar also at the seed's batch 64 (`...-b64`).
-  Impls: `eager`, `compiled`, `fused`, `fused+compiled`, and for timm also `sdpa` (timm's own
-  SDPA path, `fused_attn`, switched on in every block) and `sdpa+compiled`.
+swin_tiny_patch4_window7_224 at 224; torchvision's Video Swin swin3d_t on 16x224x224 clips; MONAI's
+SwinUNETR (feature size 48) on 96^3 volumes, where MONAI is installed. Groups:
+- `{train,infer}-{cifar,224,video,3d}-{model}`: one training step (forward, loss, backward, AdamW
+  step) or an inference forward at batch 128 (swin3d_t 8, swin_unetr 2); swin_cifar also at the
+  seed's batch 64 (`...-b64`). Impls: `eager`, `compiled`, `fused`, `fused+compiled`, and for timm
+  also `sdpa` (timm's own SDPA path, `fused_attn`, switched on in every block) and
+  `sdpa+compiled`; SwinUNETR: `eager`, `sdpa` (MONAI's `use_flash_attention=True`, which MONAI
+  takes only without autograd: its training step is the eager path) and `fused`, nothing
+  compiled.
 - `latency-224-{swin_t,timm_swin_t}-b{1,8}`: inference latency, one synchronised forward per round.
   Impls `eager`, and `compiled` and `fused+compiled` with torch.compile(mode="reduce-overhead"),
   which must capture the whole forward in CUDA graphs (a skipped capture fails the case).
@@ -23,7 +27,6 @@ from benchmarks.common import (GRAD_TOL, MODELS, ON_GPU, OUTPUT_TOL, QUICK, case
                                make_batch, make_model, make_step, measure, recorded_as_skip,
                                skip_reason)
 
-GPU_BATCH = 128
 SEED_BATCH = 64  # the seed article's CIFAR-10 batch
 LATENCY_BATCHES = (1, 8)
 LATENCY_MODELS = ("swin_t", "timm_swin_t")
@@ -32,19 +35,21 @@ CPU_BATCH = 4
 
 
 def model_impls(name):
-    if MODELS[name].sdpa:
-        return "eager", "sdpa", "compiled", "sdpa+compiled", "fused", "fused+compiled"
-    return "eager", "compiled", "fused", "fused+compiled"
+    spec = MODELS[name]
+    impls = ("eager", "sdpa", "compiled", "sdpa+compiled", "fused", "fused+compiled")
+    return tuple(i for i in impls
+                 if (spec.sdpa or "sdpa" not in i) and (spec.compiled or "compiled" not in i))
 
 
-def group_name(mode, model, batch=GPU_BATCH):
-    return f"{mode}-{MODELS[model].tag}-{model}" + ("" if batch == GPU_BATCH else f"-b{batch}")
+def group_name(mode, model, batch):
+    spec = MODELS[model]
+    return f"{mode}-{spec.tag}-{model}" + ("" if batch == spec.batch else f"-b{batch}")
 
 
 def cases():
     for mode in ("train", "infer"):
-        for model in MODELS:
-            for batch in (GPU_BATCH, SEED_BATCH) if model == "swin_cifar" else (GPU_BATCH,):
+        for model, spec in MODELS.items():
+            for batch in (spec.batch, SEED_BATCH) if model == "swin_cifar" else (spec.batch,):
                 group = group_name(mode, model, batch)
                 for impl in model_impls(model):
                     yield case(f"{group}-{impl}", group, impl, group, mode, model, impl, batch,

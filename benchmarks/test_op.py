@@ -1,14 +1,17 @@
 """The attention op alone (everything between the qkv and proj Linears) at every stage of Swin-T
 (56/28/14/7, C 96-768) and of the seed's swin_cifar (16/8/4, C 192-768): batch 128, window 7,
-shift 3, bf16, forward and forward + backward.
+shift 3; and in 3-D at stage 1 of torchvision's swin3d_t (8x56x56, C 96, window 8x7x7, shift
+0x3x3, batch 8) and of MONAI's SwinUNETR (48^3, C 48, window and shift 7 and 3 on every axis,
+batch 2); bf16, forward and forward + backward.
 
 Groups `op-fwd-<model>-stage<k>` and `op-fwdbwd-<model>-stage<k>`. Impls (peers in
 benchmarks/peers.py): `eager` (swin_fused.eager), `sdpa` (pad/roll/partition, then
-F.scaled_dot_product_attention with bias + mask as attn_mask, as timm does), `compiled`
+F.scaled_dot_product_attention with bias + mask as attn_mask, as timm and MONAI do), `compiled`
 (torch.compile of the eager op), `flex` (the same pad/roll/partition, then compiled FlexAttention
-with the bias and mask in a score_mod), `fused` (swin_fused.window_attention, default kernel
-generation) and `fused-v1` (kernel="v1"). Every impl agrees with an fp32 eager reference before it
-is timed; one that disagrees or raises is skipped with the reason, recorded in the results.
+with the bias and mask in a score_mod), `fused` (swin_fused.window_attention(_3d), default kernel
+generation) and, in 2-D, `fused-v1` (kernel="v1", which serves 2-D only). Every impl agrees with
+an fp32 eager reference before it is timed; one that disagrees or raises is skipped with the
+reason, recorded in the results.
 GB/s uses one byte count for every impl (common.op_bytes), also as a fraction of this GPU's copy
 bandwidth. On a CPU only the eager forward runs, at batch 2 in fp32 (`cpu-op-fwd-swin_t-stage1`).
 """
@@ -24,15 +27,23 @@ from benchmarks.common import (GRAD_TOL, ON_GPU, OP_STAGES, OUTPUT_TOL, QUICK, S
                                case, check_close, copy_gb_per_sec, first_call_s, fused_kernel,
                                fused_launches, measure, op_bytes, op_inputs, recorded_as_skip,
                                skip_reason)
-from swin_fused.eager import window_attention_eager
+from swin_fused.eager import window_attention_eager, window_attention_eager_3d
 
 IMPLS = ("eager", "sdpa", "compiled", "flex", "fused", "fused-v1")
+IMPLS_3D = ("eager", "sdpa", "compiled", "flex", "fused")
 CALLS_PER_ROUND = 10
 CPU_SHAPE = dataclasses.replace(STAGE1, batch=2)
 
 
-def op_impl(impl):
-    """The callable with swin_fused.window_attention's signature that `impl` times."""
+def op_impl(impl, shape):
+    """The callable `impl` times, with swin_fused.window_attention's signature, or with
+    window_attention_3d's for a 3-D shape."""
+    if shape.T:
+        if impl == "compiled":
+            return peers.compiled_eager_3d()
+        return {"eager": window_attention_eager_3d, "sdpa": peers.window_attention_sdpa_3d,
+                "flex": peers.window_attention_flex_3d,
+                "fused": swin_fused.window_attention_3d}[impl]
     if impl == "compiled":
         return peers.compiled_eager()
     if impl == "fused-v1":
@@ -46,7 +57,7 @@ def cases():
         for k, shape in enumerate(stages, 1):
             for direction in ("fwd", "fwdbwd"):
                 group = f"op-{direction}-{model}-stage{k}"
-                for impl in IMPLS:
+                for impl in IMPLS_3D if shape.T else IMPLS:
                     yield case(f"{group}-{impl}", group, impl, group, direction, impl, shape,
                                reason=skip_reason(impl))
     group = "cpu-op-fwd-swin_t-stage1"
@@ -70,9 +81,10 @@ def test_op(benchmark, group, direction, impl, shape):
     inputs, dout = op_inputs(shape, dtype, requires_grad=backward)
 
     with recorded_as_skip(impl):
-        fn = op_impl(impl)
+        fn = op_impl(impl, shape)
         as_fp32 = {k: v.detach().float().requires_grad_(backward) for k, v in inputs.items()}
-        ref_out, ref_grads = op_pass(window_attention_eager, shape, as_fp32, dout.float(), backward)
+        ref_out, ref_grads = op_pass(op_impl("eager", shape), shape, as_fp32, dout.float(),
+                                     backward)
         launches = fused_launches() if "fused" in impl else 0
         compile_s, (out, grads) = first_call_s(lambda: op_pass(fn, shape, inputs, dout, backward))
         if "fused" in impl and fused_launches() == launches:

@@ -85,15 +85,16 @@ def _row_delta(OUT, rows, rmask, do):
 
 
 @triton.jit
-def _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS,
+def _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS, mask_value,
             N: tl.constexpr, NP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
-    """(raw q.k, scaled scores + bias + shift mask, -inf past the window's N tokens)."""
+    """(raw q.k, scaled scores + bias + shift mask (mask_value between regions), -inf past the
+    window's N tokens)."""
     raw = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     s = raw * s_scale
     if HAS_BIAS:
         # padded to whole tiles by the launcher: contiguous rows, no mask
         s += tl.load(BIAS + head * NP * NP + offs_m[:, None] * NP + offs_n[None, :])
-    s += tl.where(label_m[:, None] != label_n[None, :], -100.0, 0.0)
+    s += tl.where(label_m[:, None] != label_n[None, :], mask_value, 0.0)
     return raw, tl.where((offs_n < N)[None, :], s, float("-inf"))
 
 
@@ -106,7 +107,7 @@ def _window_attn_fwd(
     QKV, OUT, STATS, BIAS, QKV_BIAS, LOGIT_SCALE,
     stride_qb, stride_ql, stride_qc,
     H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w,
-    scale, n_heads, head_dim,
+    scale, mask_value, n_heads, head_dim,
     WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -145,8 +146,8 @@ def _window_attn_fwd(
                        QKV_BIAS + 2 * C + head * head_dim, HAS_QKV_BIAS)
         if COSINE:
             k, _ = normalize_rows(k)
-        _, s = _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS, N, NP, HAS_BIAS,
-                       PRECISION)
+        _, s = _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS, mask_value, N,
+                       NP, HAS_BIAS, PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
@@ -169,7 +170,7 @@ def _window_attn_bwd(
     QKV, OUT, DOUT, STATS, DQKV, BIAS, QKV_BIAS, LOGIT_SCALE, DBIAS, DPAD, DSCALE,
     stride_qb, stride_ql, stride_qc,
     H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w, period_h, period_w,
-    scale, n_heads, head_dim, n_windows, windows_per_program,
+    scale, mask_value, n_heads, head_dim, n_windows, windows_per_program,
     WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -230,8 +231,8 @@ def _window_attn_bwd(
             rmask = valid_m[:, None] & dmask[None, :]
             do = tl.load(DOUT + rows, mask=rmask, other=0.0)
             row_max, inv_sum = _load_stats(STATS, win, head, n_heads, offs_m, N)
-            raw, s = _scores(q, k, offs_m, offs_b, label_m, label_n, head, s_scale, BIAS, N, NP,
-                             HAS_BIAS, PRECISION)
+            raw, s = _scores(q, k, offs_m, offs_b, label_m, label_n, head, s_scale, BIAS,
+                             mask_value, N, NP, HAS_BIAS, PRECISION)
             p = tl.exp(s - row_max[:, None]) * inv_sum[:, None]
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -280,8 +281,8 @@ def _window_attn_bwd(
                                 dmask, vb_ptr, HAS_QKV_BIAS)
                 if COSINE:
                     kj, _ = normalize_rows(kj)
-                _, s = _scores(q, kj, offs_b, offs_n, label_n, label_k, head, s_scale, BIAS, N,
-                               NP, HAS_BIAS, PRECISION)
+                _, s = _scores(q, kj, offs_b, offs_n, label_n, label_k, head, s_scale, BIAS,
+                               mask_value, N, NP, HAS_BIAS, PRECISION)
                 p = tl.exp(s - row_max[:, None]) * inv_sum[:, None]
                 dp = tl.dot(do, tl.trans(vj), input_precision=PRECISION)
                 ds = p * (dp - delta[:, None])
@@ -342,7 +343,7 @@ def _settings(settings, qkv, geometry, num_heads):
 
 
 def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_heads, scale,
-                         settings=None):
+                         mask_value, settings=None):
     """Returns out (B, H*W, heads*head_dim) and the softmax's per-row max and sum
     (windows, heads, 2, N), which is all the backward keeps besides qkv and out."""
     settings = _settings(settings, qkv, geometry, num_heads)
@@ -356,15 +357,15 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_hea
     grid = (n_windows, num_heads, n_blocks)
     _window_attn_fwd[grid](
         qkv, out, stats, optional_pointer(rel_bias, stats), optional_pointer(qkv_bias, stats),
-        optional_pointer(logit_scale, stats), *qkv.stride(), *args, scale, num_heads, head_dim,
-        HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
+        optional_pointer(logit_scale, stats), *qkv.stride(), *args, scale, mask_value, num_heads,
+        head_dim, HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
         COSINE=logit_scale is not None, **meta)
     LAUNCHES["fwd"] += 1
     return out, stats
 
 
 def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, geometry,
-                         num_heads, scale, settings=None):
+                         num_heads, scale, mask_value, settings=None):
     """Returns dqkv (qkv's shape, contiguous) and fp32 grads of rel_bias (heads, N, N), qkv_bias
     (3*heads*head_dim,) from the padded keys and values, and logit_scale (heads,)."""
     settings = _settings(settings, qkv, geometry, num_heads)
@@ -385,7 +386,8 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
     _window_attn_bwd[(groups, num_heads, n_blocks)](
         qkv, out, dout, stats, dqkv, optional_pointer(rel_bias, stats),
         optional_pointer(qkv_bias, stats), optional_pointer(logit_scale, stats), dbias, dpad,
-        dscale, *qkv.stride(), *args, scale, num_heads, head_dim, n_windows, windows_per_program,
+        dscale, *qkv.stride(), *args, scale, mask_value, num_heads, head_dim, n_windows,
+        windows_per_program,
         HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
         COSINE=logit_scale is not None, num_stages=settings.bwd_num_stages, **meta)
     LAUNCHES["bwd"] += 1

@@ -157,14 +157,15 @@ def _table_tile(TABLE, win_class, head, n_heads, offs, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _scores(q, k, bias, label_m, label_n, offs_n, s_scale, N: tl.constexpr,
+def _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N: tl.constexpr,
             HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
-    """(raw q.k, q.k * scale + bias + mask with -inf past the window's N keys)."""
+    """(raw q.k, q.k * scale + bias + mask (mask_value between regions) with -inf past the
+    window's N keys)."""
     raw = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     s = raw * s_scale
     if HAS_BIAS:
         s += bias
-    s += tl.where(label_m[:, None] != label_n[None, :], -100.0, 0.0)
+    s += tl.where(label_m[:, None] != label_n[None, :], mask_value, 0.0)
     return raw, tl.where((offs_n < N)[None, :], s, float("-inf"))
 
 
@@ -337,7 +338,7 @@ def _fwd_tiled(
     stride_qb, stride_ql, stride_qc,
     T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
     n_win_h, n_win_w, n_win_img,
-    scale, n_heads, head_dim,
+    scale, mask_value, n_heads, head_dim,
     WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr,
     COSINE: tl.constexpr, PRECISION: tl.constexpr,
@@ -378,7 +379,8 @@ def _fwd_tiled(
         bias = 0.0
         if HAS_BIAS:
             bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
-        _, s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, N, HAS_BIAS, PRECISION)
+        _, s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N, HAS_BIAS,
+                       PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2((m_i - m_new) * LOG2E)
         p = tl.exp2((s - m_new[:, None]) * LOG2E)
@@ -402,7 +404,7 @@ def _bwd_dq_tiled(
     stride_qb, stride_ql, stride_qc,
     T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
     n_win_h, n_win_w, n_win_img,
-    scale, n_heads, head_dim,
+    scale, mask_value, n_heads, head_dim,
     WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr,
     COSINE: tl.constexpr, PRECISION: tl.constexpr,
@@ -451,7 +453,8 @@ def _bwd_dq_tiled(
         bias = 0.0
         if HAS_BIAS:
             bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
-        _, s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, N, HAS_BIAS, PRECISION)
+        _, s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N, HAS_BIAS,
+                       PRECISION)
         p = tl.exp2((s - row_max[:, None]) * LOG2E) / row_sum[:, None]
         ds = p * (tl.dot(do, tl.trans(v), input_precision=PRECISION) - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
@@ -468,7 +471,7 @@ def _bwd_dkdv_tiled(
     stride_qb, stride_ql, stride_qc,
     T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
     n_win_h, n_win_w, n_win_img,
-    n_windows, groups, scale, n_heads, head_dim,
+    n_windows, groups, scale, mask_value, n_heads, head_dim,
     WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr,
     COSINE: tl.constexpr, PRECISION: tl.constexpr,
@@ -522,8 +525,8 @@ def _bwd_dkdv_tiled(
             bias = 0.0
             if HAS_BIAS:
                 bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
-            raw, s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, N, HAS_BIAS,
-                             PRECISION)
+            raw, s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N,
+                             HAS_BIAS, PRECISION)
             p = tl.exp2((s - row_max[:, None]) * LOG2E) / row_sum[:, None]
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
             ds = p * (tl.dot(do, tl.trans(v), input_precision=PRECISION) - delta[:, None])
@@ -582,9 +585,9 @@ def _flags(rel_bias, qkv_bias, logit_scale):
 
 
 @functools.lru_cache(maxsize=64)
-def _class_masks(window, shift, classes, block, device):
-    """(classes, 1, block, block) fp32: the shift mask (-100 between regions) of each window class
-    (_window_class), -inf in key columns past the window's N tokens."""
+def _class_masks(window, shift, classes, block, device, mask_value):
+    """(classes, 1, block, block) fp32: the shift mask (mask_value between regions) of each window
+    class (_window_class), -inf in key columns past the window's N tokens."""
     n = math.prod(window)
     axes = [torch.arange(w, device=device) for w in window]
     coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).reshape(3, n)
@@ -597,14 +600,15 @@ def _class_masks(window, shift, classes, block, device):
     labels = (bits[:, :, None] * (1 + second) * weights[:, None]).sum(1)  # (classes, n)
     masks = torch.full((classes, 1, block, block), float("-inf"), device=device)
     masks[..., :n] = 0.0
-    masks[:, 0, :n, :n] = (labels[:, :, None] != labels[:, None, :]) * -100.0
+    masks[:, 0, :n, :n] = (labels[:, :, None] != labels[:, None, :]) * mask_value
     return masks
 
 
-def _bias_mask_table(rel_bias, geometry, num_heads, block, device):
+def _bias_mask_table(rel_bias, geometry, num_heads, block, device, mask_value):
     """(classes, heads, block, block) fp32, the one-tile kernels' scores offset:
     bias + shift mask of each window class, -inf in key columns past N."""
-    masks = _class_masks(geometry.window, geometry.shift, 8 if geometry.is_3d else 4, block, device)
+    masks = _class_masks(geometry.window, geometry.shift, 8 if geometry.is_3d else 4, block, device,
+                         mask_value)
     if rel_bias is None:
         return masks.expand(-1, num_heads, -1, -1).contiguous()
     n = geometry.tokens
@@ -619,7 +623,7 @@ def _groups(n_windows, per_group_programs, device, settings):
 
 
 def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_heads, scale,
-                         settings=None):
+                         mask_value, settings=None):
     """Returns out (B, T*H*W, heads*head_dim) and the softmax row statistics the backward needs
     (stats_shape: empty for one-tile windows)."""
     head_dim = qkv.shape[-1] // (3 * num_heads)
@@ -635,7 +639,8 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_hea
                   **_flags(rel_bias, qkv_bias, logit_scale), **meta)
     if _one_tile(geometry, settings):
         groups = _groups(n_windows, num_heads, qkv.device, settings)
-        table = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"], qkv.device)
+        table = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"], qkv.device,
+                                 mask_value)
         common.pop("HAS_BIAS")
         _fwd_window[(num_heads, groups)](
             qkv, out, table, *pointers[1:], *qkv.stride(), n_windows=n_windows,
@@ -643,14 +648,14 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_hea
     else:
         n_blocks = triton.cdiv(geometry.tokens, meta["BLOCK"])
         _fwd_tiled[(n_windows * num_heads * n_blocks,)](
-            qkv, out, stats, *pointers, *qkv.stride(), num_warps=settings.fwd_warps,
-            num_stages=settings.fwd_stages, **common)
+            qkv, out, stats, *pointers, *qkv.stride(), mask_value=mask_value,
+            num_warps=settings.fwd_warps, num_stages=settings.fwd_stages, **common)
     LAUNCHES["fwd"] += 1
     return out, stats
 
 
 def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, geometry,
-                         num_heads, scale, settings=None):
+                         num_heads, scale, mask_value, settings=None):
     """Returns dqkv (qkv's shape, contiguous) and fp32 grads of rel_bias (heads, N, N), qkv_bias
     (3*heads*head_dim,) from the padded keys and values, and logit_scale (heads,)."""
     head_dim = qkv.shape[-1] // (3 * num_heads)
@@ -670,7 +675,8 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
         dbias = torch.zeros(groups, num_heads, meta["BLOCK"], meta["BLOCK"], **f32)
         dpad = torch.empty(groups * num_heads, 2, meta["BLOCK_D"], **f32)
         dscale = torch.empty(groups, num_heads, **f32)
-        table = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"], qkv.device)
+        table = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"], qkv.device,
+                                 mask_value)
         _bwd_window[(num_heads, groups)](
             qkv, dout, dqkv, table, *pointers[1:], dbias, dpad, dscale, *qkv.stride(),
             n_windows=n_windows, **common, **launch)
@@ -679,14 +685,15 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
         n_padded = n_blocks * meta["BLOCK"]
         delta = torch.empty(n_windows, num_heads, n, **f32)
         _bwd_dq_tiled[(n_windows * num_heads * n_blocks,)](
-            qkv, out, dout, stats, delta, dqkv, *pointers, *qkv.stride(), **common, **launch)
+            qkv, out, dout, stats, delta, dqkv, *pointers, *qkv.stride(), mask_value=mask_value,
+            **common, **launch)
         groups = _groups(n_windows, num_heads * n_blocks, qkv.device, settings)
         dbias = torch.zeros(groups, num_heads, n_padded, n_padded, **f32)
         dpad = torch.empty(groups * num_heads * n_blocks, 2, meta["BLOCK_D"], **f32)
         dscale = torch.empty(groups * num_heads * n_blocks, **f32)
         _bwd_dkdv_tiled[(groups * num_heads * n_blocks,)](
             qkv, dout, stats, delta, dqkv, *pointers, dbias, dpad, dscale, *qkv.stride(),
-            n_windows=n_windows, groups=groups, **common, **launch)
+            n_windows=n_windows, groups=groups, mask_value=mask_value, **common, **launch)
     LAUNCHES["bwd"] += 1
     dpad = dpad[..., :head_dim].reshape(groups, num_heads, -1, 2, head_dim).sum(dim=(0, 2))
     dqkv_bias = torch.cat([torch.zeros_like(dpad[:, 0]).flatten(), dpad[:, 0].flatten(),

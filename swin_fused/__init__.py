@@ -1,7 +1,7 @@
 """swin-fused: fused Triton shifted-window attention for Swin Transformers.
 
     import swin_fused
-    swin_fused.patch(model)            # the article's, torchvision's or timm's Swin, in place
+    swin_fused.patch(model)            # a Swin of any supported family (README), in place
     y = swin_fused.window_attention(qkv, H, W, num_heads, window_size, shift_size, ...)
     y = swin_fused.window_attention_3d(qkv, T, H, W, num_heads, window_size, shift_size, ...)
 

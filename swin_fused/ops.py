@@ -16,7 +16,8 @@ from typing import Optional
 
 import torch
 
-from swin_fused.eager import _pair, _triple, window_attention_eager, window_attention_eager_3d
+from swin_fused.eager import (MASK_VALUE, _pair, _triple, window_attention_eager,
+                               window_attention_eager_3d)
 
 MAX_WINDOW_TOKENS = 1024
 MAX_HEAD_DIM = 128  # fp32 tiles of 256 overflow shared memory
@@ -90,7 +91,7 @@ def resolve_kernel(kernel):
 
 
 def _check_arguments(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, logit_scale,
-                     scale):
+                     scale, mask_value):
     """size, window, shift: (T, H, W) triples; a 2-D call has T = 1, window_t = 1, shift_t = 0."""
     layout = "T*H*W" if len(size) == 3 else "H*W"
     if qkv.dim() != 3:
@@ -123,11 +124,14 @@ def _check_arguments(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, lo
     if isinstance(scale, torch.Tensor) and (scale.requires_grad or scale.numel() != 1):
         raise ValueError("scale must be a number (a one-element tensor without grad): the op does "
                          "not differentiate it; a learned per-head scale is logit_scale")
+    if not isinstance(mask_value, (int, float)) or not math.isfinite(mask_value):
+        # -inf would turn the online softmax's first all-masked key block into NaN
+        raise ValueError(f"mask_value must be a finite number, got {mask_value!r}")
 
 
 def window_attention(qkv, H, W, num_heads, window_size, shift_size=0, *, rel_bias=None,
                      qkv_bias=None, scale=None, logit_scale=None, roll_before_pad=False,
-                     attn_dropout=0.0, training=False, kernel=None):
+                     attn_dropout=0.0, training=False, mask_value=MASK_VALUE, kernel=None):
     """Shifted-window attention from the qkv Linear's output to the proj Linear's input.
 
     qkv:        (B, H*W, 3*heads*head_dim), the qkv Linear applied to the unpadded tokens, any strides.
@@ -138,33 +142,36 @@ def window_attention(qkv, H, W, num_heads, window_size, shift_size=0, *, rel_bia
     logit_scale: (heads,) cosine attention (Swin V2): normalize(q).normalize(k) * logit_scale[h].
     roll_before_pad: False pads then rolls (article, torchvision); True rolls then pads (timm).
     attn_dropout, training: dropout on the attention probabilities (runs the eager path).
+    mask_value: added to the scores between shift regions: -100 (every family but Hugging Face's
+                Swinv2, which adds its mask twice: -200).
     kernel:     "v1" or "v2"; None reads SWIN_FUSED_KERNEL (default v2).
     Returns (B, H*W, heads*head_dim) in the natural token layout. Every tensor may have any
     strides; B may be 0. Differentiable once: a second backward raises (DOUBLE_BACKWARD).
     """
     window, shift = _pair(window_size), _pair(shift_size)
     _check_arguments(qkv, (H, W), num_heads, window, shift, rel_bias, qkv_bias, logit_scale,
-                     scale)
+                     scale, mask_value)
     return _window_attention(qkv, (1, H, W), num_heads, (1, *window), (0, *shift), rel_bias,
                              qkv_bias, scale, logit_scale, roll_before_pad, attn_dropout, training,
-                             kernel)
+                             mask_value, kernel)
 
 
 def window_attention_3d(qkv, T, H, W, num_heads, window_size, shift_size=0, *, rel_bias=None,
                         qkv_bias=None, scale=None, logit_scale=None, roll_before_pad=False,
-                        attn_dropout=0.0, training=False, kernel=None):
+                        attn_dropout=0.0, training=False, mask_value=MASK_VALUE, kernel=None):
     """window_attention over a (T, H, W) map (video Swin, MONAI 3-D): qkv (B, T*H*W, 3C), window
     and shift an int or (t, h, w), rel_bias (heads, N, N) with N = t*h*w. Padding and cyclic shift
     on all three axes, 27 shift-mask regions. Returns (B, T*H*W, C). Kernel v1 serves 2-D only."""
     window, shift = _triple(window_size), _triple(shift_size)
     _check_arguments(qkv, (T, H, W), num_heads, window, shift, rel_bias, qkv_bias,
-                     logit_scale, scale)
+                     logit_scale, scale, mask_value)
     return _window_attention(qkv, (T, H, W), num_heads, window, shift, rel_bias, qkv_bias, scale,
-                             logit_scale, roll_before_pad, attn_dropout, training, kernel)
+                             logit_scale, roll_before_pad, attn_dropout, training, mask_value,
+                             kernel)
 
 
 def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, scale, logit_scale,
-                      roll_before_pad, attn_dropout, training, kernel):
+                      roll_before_pad, attn_dropout, training, mask_value, kernel):
     """Both entry points, on (T, H, W) triples: the kernels, or the eager path with its reasons."""
     kernel = resolve_kernel(kernel)
     two_d = size[0] == 1 and window[0] == 1
@@ -177,7 +184,7 @@ def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, s
         fallback("; ".join(reasons))
         kwargs = dict(rel_bias=rel_bias, qkv_bias=qkv_bias, scale=scale, logit_scale=logit_scale,
                       roll_before_pad=roll_before_pad, attn_dropout=attn_dropout,
-                      training=training)
+                      training=training, mask_value=mask_value)
         if two_d:
             return window_attention_eager(qkv, *size[1:], num_heads, window[1:], shift[1:],
                                           **kwargs)
@@ -191,7 +198,7 @@ def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, s
         qkv = qkv.float()
     out, _ = torch.ops.swin_fused.window_attention_fwd(
         qkv, rel_bias, qkv_bias, logit_scale, list(size), num_heads, list(window), list(shift),
-        scale, roll_before_pad, kernel)
+        scale, float(mask_value), roll_before_pad, kernel)
     return out.to(dtype)
 
 
@@ -208,16 +215,16 @@ def _geometry(size, window, shift, roll_before_pad):
 @torch.library.custom_op("swin_fused::window_attention_fwd", mutates_args=())
 def _fwd(qkv: torch.Tensor, rel_bias: Optional[torch.Tensor], qkv_bias: Optional[torch.Tensor],
          logit_scale: Optional[torch.Tensor], size: list[int], num_heads: int, window: list[int],
-         shift: list[int], scale: float, roll_before_pad: bool, kernel: str
+         shift: list[int], scale: float, mask_value: float, roll_before_pad: bool, kernel: str
          ) -> tuple[torch.Tensor, torch.Tensor]:
     return _kernels(kernel).window_attention_fwd(
         qkv, rel_bias, qkv_bias, logit_scale, _geometry(size, window, shift, roll_before_pad),
-        num_heads, scale)
+        num_heads, scale, mask_value)
 
 
 @_fwd.register_fake
-def _(qkv, rel_bias, qkv_bias, logit_scale, size, num_heads, window, shift, scale, roll_before_pad,
-      kernel):
+def _(qkv, rel_bias, qkv_bias, logit_scale, size, num_heads, window, shift, scale, mask_value,
+      roll_before_pad, kernel):
     B, L, C3 = qkv.shape
     geometry = _geometry(size, window, shift, roll_before_pad)
     stats = qkv.new_empty(_kernels(kernel).stats_shape(geometry, B, num_heads), dtype=torch.float32)
@@ -228,16 +235,16 @@ def _(qkv, rel_bias, qkv_bias, logit_scale, size, num_heads, window, shift, scal
 def _bwd(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, stats: torch.Tensor,
          rel_bias: Optional[torch.Tensor], qkv_bias: Optional[torch.Tensor],
          logit_scale: Optional[torch.Tensor], size: list[int], num_heads: int, window: list[int],
-         shift: list[int], scale: float, roll_before_pad: bool, kernel: str
+         shift: list[int], scale: float, mask_value: float, roll_before_pad: bool, kernel: str
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _kernels(kernel).window_attention_bwd(
         dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
-        _geometry(size, window, shift, roll_before_pad), num_heads, scale)
+        _geometry(size, window, shift, roll_before_pad), num_heads, scale, mask_value)
 
 
 @_bwd.register_fake
 def _(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, size, num_heads, window, shift, scale,
-      roll_before_pad, kernel):
+      mask_value, roll_before_pad, kernel):
     n = math.prod(window)
     f32 = dict(dtype=torch.float32)
     return (torch.empty_like(qkv), qkv.new_empty(num_heads, n, n, **f32),

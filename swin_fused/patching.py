@@ -8,7 +8,8 @@ the class, so whatever copies or re-creates a module keeps it: torch.save / torc
 module pickles as the class it was made from plus a marker, so any subclass loads, in a fresh
 process too), copy.deepcopy, DataParallel replicas, FSDP2, checkpointing, torch.compile,
 torch.export, FX.
-An FX graph that calls torchvision's `shifted_window_attention` is patched by swapping its calls.
+An FX graph that calls torchvision's `shifted_window_attention(_3d)` is patched by swapping its
+calls.
 """
 import importlib
 import logging
@@ -17,7 +18,7 @@ import torch
 
 from swin_fused.ops import fallback
 
-FAMILIES = ("article", "torchvision", "timm")
+FAMILIES = ("article", "torchvision", "torchvision_video", "timm", "monai", "huggingface")
 log = logging.getLogger("swin_fused")
 
 
@@ -46,8 +47,10 @@ def _fused_class(cls):
         if family is None:
             raise TypeError(f"{cls.__qualname__} is not an attention class swin_fused can fuse")
         name = f"Fused{cls.__name__}"
+        # a family whose classes differ in signature (Hugging Face) has a fused method per class
+        method = family.fused_for(cls) if hasattr(family, "fused_for") else family.fused
         _fused_classes[cls] = type(name, (FusedModule, cls), {
-            family.METHOD: family.fused, "unfused_class": cls, "__module__": family.__name__,
+            family.METHOD: method, "unfused_class": cls, "__module__": family.__name__,
             "__qualname__": name})
     return _fused_classes[cls]
 
@@ -102,7 +105,8 @@ def patch(model):
 
     Returns the model. Idempotent. A block the kernels cannot serve keeps its own forward, with the
     reasons warned (an error under SWIN_FUSED_STRICT=1). Raises ValueError when the model has no
-    block of a supported family (the article's reference model, torchvision, timm).
+    block of a supported family (the article's reference model, torchvision's image and video
+    Swin, timm, MONAI's SwinUNETR, Hugging Face's Swin, Swinv2, DonutSwin and MaskFormerSwin).
     """
     fused, kept = 0, 0
     for family in _families():
@@ -126,8 +130,10 @@ def patch(model):
     if fused + kept == 0:
         raise ValueError(
             f"swin_fused.patch found no shifted-window attention to fuse in {type(model).__name__}: "
-            "supported are swin_fused.reference, torchvision.models.swin_* / swin_v2_* (also "
-            "traced by torch.fx) and timm's swin_* / swinv2_* models")
+            "supported are swin_fused.reference, torchvision.models.swin_* / swin_v2_* and "
+            "torchvision.models.video.swin3d_* (also traced by torch.fx), timm's swin_* / "
+            "swinv2_* models, MONAI's SwinUNETR and Hugging Face transformers' Swin, Swinv2, "
+            "DonutSwin and MaskFormerSwin models")
     log.info("swin_fused: fused %d attention layers of %s (%d kept their own forward)",
              fused, type(model).__name__, kept)
     return model

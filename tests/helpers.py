@@ -9,10 +9,12 @@ An error is relative to the reference's largest magnitude, so a gradient that ca
 fraction of its terms (timm V2's logit_scale at batch 1) measures neither: test where none does.
 """
 import contextlib
+import copy
 import math
 from typing import NamedTuple
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.conftest import DEVICE
 
@@ -107,3 +109,103 @@ def kernel_launches():
     yield counts
     counts.update({k: n - before.get(k, 0) for k, n in LAUNCHES.items()
                    if n > before.get(k, 0)})
+
+
+def joined_output(out):
+    """A model's output as one flat tensor: a tensor, or the tensors in a list, tuple or dict
+    (a Hugging Face ModelOutput) flattened and joined; anything else (sizes, None) left out."""
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        parts = [joined_output(t) for t in out]
+        parts = [t.flatten() for t in parts if t is not None]
+        return torch.cat(parts) if parts else None
+    return out if isinstance(out, torch.Tensor) else None
+
+
+def output_and_grads(model, x):
+    """The joined output of `model` for x and the gradient of every parameter, {name: grad}, for
+    the loss sum(out * g), g a fixed random tensor of the output's shape."""
+    model.zero_grad(set_to_none=True)
+    out = joined_output(model(x))
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(out.numel()))
+    (out * g.to(out)).sum().backward()
+    return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _grouped(grads, group):
+    """{name: grad} with the gradients whose group(name) is the same joined into one flat tensor."""
+    joined = {}
+    for name, grad in grads.items():
+        joined.setdefault(group(name), []).append(grad.flatten())
+    return {key: torch.cat(parts) for key, parts in joined.items()}
+
+
+def assert_patched_matches_unpatched(reference, x, group=None):
+    """A patched copy of the fp32 model `reference` against it, both against a float64 copy: the
+    output and every parameter gradient, with the Triton kernels run. `group(name)`, where given,
+    joins gradients measured as one (a key bias's gradient is zero but for rounding, as softmax
+    ignores a shift shared by a row: measured with the query and value biases', as a joined qkv
+    bias is). Returns (patched model, kernel launches)."""
+    import swin_fused
+    model = swin_fused.patch(copy.deepcopy(reference))
+    with kernel_launches() as launches:
+        out, grads = output_and_grads(model, x)
+    assert launches.get("fwd", 0) > 0 and launches.get("bwd", 0) > 0, \
+        f"the Triton kernels did not run: {launches}"
+    eager, eager_grads = output_and_grads(reference, x)
+    exact, exact_grads = output_and_grads(copy.deepcopy(reference).double(), x.double())
+    if group is not None:
+        grads, eager_grads, exact_grads = (_grouped(g, group)
+                                           for g in (grads, eager_grads, exact_grads))
+    assert_as_accurate_as_eager(out, eager, exact, torch.float32, "output")
+    assert grads.keys() == exact_grads.keys()
+    for name, grad in exact_grads.items():
+        assert_as_accurate_as_eager(grads[name], eager_grads[name], grad, torch.float32,
+                                    f"grad of {name}")
+    return model, launches
+
+
+# eager shuffles a fused attention path must not run
+EAGER_SHUFFLES = {"aten.roll", "aten.softmax", "aten._softmax", "aten.constant_pad_nd", "aten.bmm"}
+
+
+class OpsInside(TorchDispatchMode):
+    """Records the aten ops run while inside one of `modules`' forward calls."""
+
+    def __init__(self, modules):
+        super().__init__()
+        self.seen, self.depth = set(), 0
+        self.handles = []
+        for m in modules:
+            self.handles.append(m.register_forward_pre_hook(lambda *_: self._enter(1)))
+            self.handles.append(m.register_forward_hook(lambda *_: self._enter(-1)))
+
+    def _enter(self, step):
+        self.depth += step
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.depth:
+            self.seen.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        return super().__exit__(*exc)
+
+
+def assert_patched_runs_no_eager_shuffles(model, targets, x):
+    """Inside the modules `targets(model)` (the fused classes' instances), the unpatched forward of
+    x runs a roll (the recorder works) and the patched one the fused op and no eager shuffle."""
+    import swin_fused
+
+    def ops(model):
+        with torch.no_grad(), OpsInside(targets(model)) as mode:
+            model(x)
+        return mode.seen
+    assert "aten.roll" in ops(model), "the recorder saw no roll in the unpatched model"
+    fused_ops = ops(swin_fused.patch(model))
+    assert "swin_fused.window_attention_fwd" in fused_ops
+    shuffles = sorted(fused_ops & EAGER_SHUFFLES)
+    assert not shuffles, f"patched forward ran {shuffles}"

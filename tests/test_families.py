@@ -13,7 +13,6 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import swin_fused
 from swin_fused import patching
@@ -21,12 +20,10 @@ from swin_fused.eager import window_attention_eager
 from swin_fused.families import timm as timm_family
 from swin_fused.families import torchvision as torchvision_family
 from tests.conftest import DEVICE
-from tests.helpers import ON_GPU, assert_as_accurate_as_eager, kernel_launches
+from tests.helpers import (ON_GPU, assert_as_accurate_as_eager,
+                           assert_patched_runs_no_eager_shuffles, kernel_launches)
 
 pytestmark = pytest.mark.usefixtures("kernel_generation")
-
-# eager shuffles the fused attention path must not run
-EAGER_SHUFFLES = {"aten.roll", "aten.softmax", "aten._softmax", "aten.constant_pad_nd", "aten.bmm"}
 
 
 def torchvision_v1():
@@ -220,48 +217,12 @@ def test_timm_hook_on_attn_runs_the_block_eager_and_warns(name, monkeypatch):
         model(x)
 
 
-class _OpsInside(TorchDispatchMode):
-    """Records the aten ops run while inside one of `modules`' forward calls."""
-
-    def __init__(self, modules):
-        super().__init__()
-        self.seen, self.depth = set(), 0
-        self.handles = []
-        for m in modules:
-            self.handles.append(m.register_forward_pre_hook(lambda *_: self._enter(1)))
-            self.handles.append(m.register_forward_hook(lambda *_: self._enter(-1)))
-
-    def _enter(self, step):
-        self.depth += step
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if self.depth:
-            self.seen.add(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
-
-    def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
-        return super().__exit__(*exc)
-
-
-def _ops_in_targets(model, family, x):
-    # torchvision's targets are the attention modules, timm's the blocks (norm1, _attn, mlp)
-    with torch.no_grad(), _OpsInside(targets(model, family)) as mode:
-        model(x)
-    return mode.seen
-
-
 @pytest.mark.parametrize("name", ["torchvision-v1", "torchvision-v2", "timm-v1", "timm-v2"])
 def test_patched_forward_runs_no_eager_shuffles(name):
+    # torchvision's targets are the attention modules, timm's the blocks (norm1, _attn, mlp)
     family = torchvision_family if name.startswith("torchvision") else timm_family
-    model = build(name)
     x, _ = inputs(MODELS[name][1][0], batch=1)
-    eager_ops = _ops_in_targets(model, family, x)
-    assert "aten.roll" in eager_ops, "the recorder saw no roll in the unpatched model"
-    fused_ops = _ops_in_targets(swin_fused.patch(model), family, x)
-    assert "swin_fused.window_attention_fwd" in fused_ops
-    assert not fused_ops & EAGER_SHUFFLES, f"patched forward ran {sorted(fused_ops & EAGER_SHUFFLES)}"
+    assert_patched_runs_no_eager_shuffles(build(name), lambda m: targets(m, family), x)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -300,7 +261,8 @@ def test_patch_imports_no_model_family():
     code = ("import sys, torch, swin_fused\n"
             "try:\n    swin_fused.patch(torch.nn.Sequential(torch.nn.Linear(2, 2)))\n"
             "except ValueError:\n    pass\n"
-            "for name in ('timm', 'torchvision.models.swin_transformer'):\n"
+            "for name in ('timm', 'torchvision.models.swin_transformer', 'monai',\n"
+            "             'torchvision.models.video.swin_transformer', 'transformers'):\n"
             "    assert name not in sys.modules, f'swin_fused imported {name}'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 

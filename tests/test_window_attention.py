@@ -1,4 +1,5 @@
 """The fused op against the plain-PyTorch op (swin_fused.eager) in float64: outputs and all gradients."""
+import functools
 import warnings
 
 import pytest
@@ -8,7 +9,8 @@ import swin_fused
 from swin_fused import ops
 from swin_fused.eager import window_attention_eager
 from tests.conftest import DEVICE
-from tests.helpers import ON_GPU, assert_as_accurate_as_eager, kernel_launches
+from tests.helpers import (ON_GPU, assert_as_accurate_as_eager, kernel_launches,
+                           relative_error)
 
 pytestmark = pytest.mark.usefixtures("kernel_generation")
 
@@ -107,6 +109,34 @@ def test_autocast_bf16_matches_eager():
     expected = reference(qkv.bfloat16(), params, config, dout)
     for name, g, e, ref in zip(GRAD_NAMES, got, eager, expected):
         assert_as_accurate_as_eager(g, e, ref, torch.bfloat16, f"autocast {name}")
+
+
+# shapes whose masked keys are not all padding: in the last window of a shifting axis, two regions
+MASK_CASES = {"one-tile": (1, 10, 13, 1, 32, (7, 7), (3, 3), True, False, False),
+              "tiled-9x9": (1, 16, 17, 1, 16, (9, 9), (4, 4), True, False, False)}
+
+
+@pytest.mark.parametrize("case", MASK_CASES)
+def test_mask_value_between_regions(case):
+    """Hugging Face's Swinv2 adds its shift mask twice (-200). At scale 25 the scores spread over
+    hundreds, so masked keys still count: -100 and -200 differ, and each matches eager's."""
+    qkv, params, config, dout = make_inputs(*MASK_CASES[case])
+    outs = []
+    for mask_value in (-100.0, -200.0):
+        options = dict(scale=25.0, mask_value=mask_value)
+        with kernel_launches() as launches:
+            got = run(functools.partial(swin_fused.window_attention, **options), qkv, params,
+                      config, dout)
+        assert launches == {"fwd": 1, "bwd": 1}
+        eager = run(functools.partial(window_attention_eager, **options), qkv, params, config,
+                    dout)
+        as64 = {k: (v.double() if v is not None else None) for k, v in params.items()}
+        expected = run(functools.partial(window_attention_eager, **options), qkv.double(), as64,
+                       config, dout.double())
+        for name, g, e, ref in zip(grad_names(params), got, eager, expected):
+            assert_as_accurate_as_eager(g, e, ref, torch.float32, f"{case} {mask_value} {name}")
+        outs.append(got[0])
+    assert relative_error(outs[1], outs[0]) > 1e-2, "the mask value made no difference"
 
 
 def test_forward_is_deterministic():
@@ -209,7 +239,8 @@ def test_opcheck(kernel_generation):
     qkv, params, config, _ = make_inputs(*CASES["cosine-roll-before-pad-rect"])
     args = (qkv.requires_grad_(), params["rel_bias"].requires_grad_(), params["qkv_bias"],
             params["logit_scale"], [1, config["H"], config["W"]], config["num_heads"],
-            [1, *config["window_size"]], [0, *config["shift_size"]], 0.25, True, kernel_generation)
+            [1, *config["window_size"]], [0, *config["shift_size"]], 0.25, -200.0, True,
+            kernel_generation)
     torch.library.opcheck(torch.ops.swin_fused.window_attention_fwd.default, args,
                           test_utils=("test_schema", "test_autograd_registration",
                                       "test_faketensor"))
@@ -223,6 +254,7 @@ def test_opcheck(kernel_generation):
     (dict(rel_bias=torch.zeros(2, 49, 49)), "rel_bias must be \\(heads, N, N\\)"),
     (dict(qkv_bias=torch.zeros(5)), "qkv_bias must be"),
     (dict(logit_scale=torch.zeros(2)), "one value per head"),
+    (dict(mask_value=float("-inf")), "mask_value must be a finite number"),
 ])
 def test_bad_input_raises_clear_error(bad, message):
     qkv, params, config, _ = make_inputs(*CASES["pad-shift"])

@@ -1,8 +1,10 @@
-"""Adapters that fuse the op into each Swin model family: article, torchvision, timm.
+"""Adapters that fuse the op into each Swin model family: article, torchvision (image and video),
+timm, MONAI, Hugging Face.
 
 Each adapter names its attention classes (`classes`), the method their fused subclass overrides
-(METHOD, replaced by `fused`) and why a module cannot be fused (`unsupported`). Where the fused
-method no longer calls submodules the eager one calls (`skipped`: article, timm), hooks on those
+(METHOD, replaced by `fused`, or by `fused_for(cls)` where the classes differ in signature) and why
+a module cannot be fused (`unsupported`). Where the fused method no longer calls submodules the
+eager one calls (`skipped`: article, timm, MONAI, Hugging Face), hooks on those
 would never fire, so a module with such a hook runs its eager method, with the hook named in the
 warning (an error in strict mode).
 """

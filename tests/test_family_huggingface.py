@@ -1,0 +1,182 @@
+"""`swin_fused.patch` on Hugging Face transformers' Swin, Swinv2, DonutSwin and MaskFormerSwin
+models against the unpatched model, built from configs (no weights are downloaded).
+
+Window 5 on 36x44 images (patch 4): stage 1 is 9x11, padded to 10x15 and shifted by 2; stage 2 is
+5x6, where Swin and DonutSwin keep the window and drop the shift (set_shift_and_window_size: the
+smaller side is <= the window), MaskFormerSwin pads it to 10x10 and shifts, and Swinv2 fixed a
+window of 4 without shift when built. SwinBackbone (always_partition) with window 7 keeps window 7
+and shift 3 on its 5x6 stage 2. Random non-zero biases, bias tables, logit scales on both sides of
+the clamp and norm weights.
+"""
+import copy
+import math
+import re
+import warnings
+
+import pytest
+import torch
+
+import swin_fused
+from swin_fused import patching
+from swin_fused.families import huggingface
+from tests.conftest import DEVICE
+from tests.helpers import (assert_as_accurate_as_eager, assert_patched_matches_unpatched,
+                           assert_patched_runs_no_eager_shuffles, joined_output, kernel_launches)
+
+transformers = pytest.importorskip(
+    "transformers", reason="Hugging Face transformers is not installed: pip install transformers")
+
+CONFIG = dict(image_size=(36, 44), patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[1, 2],
+              window_size=5, num_labels=10)
+
+
+def swin(**options):
+    return transformers.SwinForImageClassification(transformers.SwinConfig(**CONFIG, **options))
+
+
+def swin_backbone():
+    config = transformers.SwinConfig(**dict(CONFIG, window_size=7),
+                                     out_features=["stage1", "stage2"])
+    return transformers.SwinBackbone(config)
+
+
+def swinv2():
+    return transformers.Swinv2ForImageClassification(transformers.Swinv2Config(**CONFIG))
+
+
+def donut_swin(**options):
+    return transformers.DonutSwinForImageClassification(
+        transformers.DonutSwinConfig(**CONFIG, **options))
+
+
+def maskformer_swin():
+    from transformers.models.maskformer.modeling_maskformer_swin import MaskFormerSwinModel
+    return MaskFormerSwinModel(transformers.MaskFormerSwinConfig(**CONFIG))
+
+
+MODELS = {"swin": swin, "swin-backbone": swin_backbone, "swinv2": swinv2,
+          "donut-swin": donut_swin, "maskformer-swin": maskformer_swin}
+BIASES = ("q_proj.bias", "k_proj.bias", "v_proj.bias", "query.bias", "key.bias", "value.bias")
+
+
+def build(name, dtype=torch.float32, **options):
+    torch.manual_seed(0)
+    model = MODELS[name](**options)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "relative_position_bias_table" in pname:
+                p.normal_(0.0, 1.0)
+            elif pname.endswith(BIASES):
+                p.normal_(0.0, 0.5)
+            elif "logit_scale" in pname:
+                # from exp(0) to past the clamp at log(100) = 4.6
+                p.copy_(torch.linspace(0.0, 5.0, p.numel()).view_as(p))
+            elif "layernorm" in pname and pname.endswith("weight"):
+                p.normal_(1.0, 0.2)
+    return model.to(DEVICE, dtype).eval()
+
+
+def image(dtype=torch.float32):
+    return torch.randn(1, 3, 36, 44, generator=torch.Generator().manual_seed(0)).to(DEVICE, dtype)
+
+
+def layers(model):
+    return [m for m in model.modules() if isinstance(m, huggingface.classes())]
+
+
+def qkv_bias(name):
+    """The q, k and v biases of one attention share a name: the key bias's gradient is zero but
+    for rounding, so it is measured joined with the others, as the qkv bias of other families."""
+    return re.sub(r"(q_proj|k_proj|v_proj|query|key|value)\.bias$", "qkv.bias", name)
+
+
+@pytest.mark.usefixtures("kernel_generation")
+@pytest.mark.parametrize("name", MODELS)
+def test_patched_matches_unpatched(name):
+    model, launches = assert_patched_matches_unpatched(build(name), image(), group=qkv_bias)
+    assert patching.patched_count(model) == 4
+    assert launches == {"fwd": 4, "bwd": 4}
+
+
+@pytest.mark.parametrize("name", ["swin", "swinv2", "donut-swin", "maskformer-swin"])
+def test_patched_forward_runs_no_eager_shuffles(name):
+    assert_patched_runs_no_eager_shuffles(build(name), layers, image())
+
+
+@pytest.mark.parametrize("name", ["swin", "donut-swin"])
+def test_output_attentions_runs_eager_with_the_reason(name, monkeypatch):
+    # HF's SDPA path gives no probabilities: the eager one does
+    reference = build(name, attn_implementation="eager")
+    model = swin_fused.patch(copy.deepcopy(reference))
+    with pytest.raises(swin_fused.FallbackError, match="output_attentions asks for the attention"):
+        model(image(), output_attentions=True)
+    monkeypatch.setenv("SWIN_FUSED_STRICT", "0")
+    monkeypatch.setattr(swin_fused.ops, "_warned", set())
+    with warnings.catch_warnings(record=True) as caught, kernel_launches() as launches:
+        warnings.simplefilter("always")
+        got = model(image(), output_attentions=True)
+    assert not launches
+    assert any("output_attentions asks" in str(w.message) for w in caught)
+    expected = reference(image(), output_attentions=True)
+    assert len(got.attentions) == len(expected.attentions) == 2
+    for g, e in zip(got.attentions + (got.logits,), expected.attentions + (expected.logits,)):
+        assert torch.equal(g, e)
+
+
+def test_hooked_projection_is_called_as_a_module():
+    """A hook (or a wrapper such as LoRA) on the q, k or v Linear: the fused forward calls the
+    three as modules instead of one joined matmul, and still runs the kernels."""
+    reference = build("swin")
+    model = swin_fused.patch(copy.deepcopy(reference))
+    calls = []
+    layers(model)[1].attention.k_proj.register_forward_hook(lambda *_: calls.append(1))
+    with kernel_launches() as launches:
+        got = model(image()).logits
+    assert calls == [1] and launches == {"fwd": 4}
+    exact = copy.deepcopy(reference).double()(image().double()).logits
+    assert_as_accurate_as_eager(got, reference(image()).logits, exact, torch.float32, "logits")
+
+
+def test_hook_on_attention_runs_the_layer_eager():
+    model = swin_fused.patch(build("donut-swin"))
+    layers(model)[0].attention.self.dropout.register_forward_hook(lambda *_: None)
+    with pytest.raises(swin_fused.FallbackError, match="has hooks on attention.self.dropout"):
+        model(image())
+
+
+def test_swinv2_adds_its_mask_twice():
+    """HF's Swinv2 adds the shift mask twice (-200 between regions). Keys = -queries, tokens +u in
+    the rows the shift wraps around and -u elsewhere, logit scale 100: a query's masked keys score
+    about +100 - mask, its own region's -100, so -100 and -200 give different outputs."""
+    from transformers.models.swinv2.modeling_swinv2 import Swinv2Layer
+    torch.manual_seed(0)
+    config = transformers.Swinv2Config(embed_dim=16, depths=[2], num_heads=[1], window_size=4)
+    layer = Swinv2Layer(config, dim=16, input_resolution=(8, 8), num_heads=1, shift_size=2)
+    attn = layer.attention.self
+    with torch.no_grad():
+        attn.key.weight.copy_(-attn.query.weight)
+        attn.query.bias.zero_()
+        attn.logit_scale.fill_(math.log(100.0))
+    layer = layer.to(DEVICE).eval()
+    sign = torch.where(torch.arange(8) < 2, 1.0, -1.0)[:, None].expand(8, 8).reshape(1, 64, 1)
+    x = (sign * torch.randn(16) + 0.01 * torch.randn(1, 64, 16)).to(DEVICE)
+    eager = layer(x, (8, 8))[0]
+    exact = copy.deepcopy(layer).double()(x.double(), (8, 8))[0]
+    swin_fused.patch(layer)
+    with kernel_launches() as launches:
+        got = layer(x, (8, 8))[0]
+    assert launches == {"fwd": 1}
+    assert_as_accurate_as_eager(got, eager, exact, torch.float32, "output")
+
+
+# in the interpreter bfloat16 runs the kernels in float32
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["swin", "swinv2"])
+def test_half_precision(name, dtype):
+    model = swin_fused.patch(build(name, dtype))
+    with kernel_launches() as launches:
+        out = joined_output(model(image(dtype)))
+    assert launches == {"fwd": 4}
+    half = joined_output(build(name, dtype)(image(dtype)))
+    exact = joined_output(build(name, torch.float64)(image(torch.float64)))
+    assert_as_accurate_as_eager(out, half, exact, dtype, f"{dtype} output")
