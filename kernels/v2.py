@@ -44,9 +44,13 @@ class Settings:
         """From the offline sm_90 compile (benchmarks/compile_check.py): a 64-row tile feeding
         chained dots gets no more registers from 8 warps than from 4, so 4, and 8 only where 4
         would spill (tile rows of 128 bytes and more); the forward's window loop pipelined 2 deep
-        (cp.async into shared memory frees registers) while tile rows are at most 128 bytes."""
+        (cp.async into shared memory frees registers) while tile rows are at most 128 bytes.
+        float32 runs its exact dots on the FMA units, whose operand layouts need far more
+        registers: 16 warps, which spill least (none at head dims up to 32 in 7x7 windows)."""
         row_bytes = next_block(head_dim) * dtype.itemsize
         wide = row_bytes >= 128
+        if dtype == torch.float32:
+            return cls(fwd_warps=16, fwd_stages=1 if row_bytes > 128 else 2, bwd_warps=16)
         return cls(fwd_warps=8 if row_bytes > 128 else 4, fwd_stages=1 if row_bytes > 128 else 2,
                    bwd_warps=8 if wide else 4)
 
@@ -159,14 +163,12 @@ def _table_tile(TABLE, win_class, head, n_heads, offs, BLOCK: tl.constexpr):
 @triton.jit
 def _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N: tl.constexpr,
             HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
-    """(raw q.k, q.k * scale + bias + mask (mask_value between regions) with -inf past the
-    window's N keys)."""
-    raw = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-    s = raw * s_scale
+    """q.k * scale + bias + mask (mask_value between regions), -inf past the window's N keys."""
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * s_scale
     if HAS_BIAS:
         s += bias
     s += tl.where(label_m[:, None] != label_n[None, :], mask_value, 0.0)
-    return raw, tl.where((offs_n < N)[None, :], s, float("-inf"))
+    return tl.where((offs_n < N)[None, :], s, float("-inf"))
 
 
 @triton.jit
@@ -281,29 +283,32 @@ def _bwd_window(
         if COSINE:
             q, q_norm = normalize_rows(q)
             k, k_norm = normalize_rows(k)
-        raw = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        s = raw * s_scale \
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * s_scale \
             + _table_tile(TABLE, _window_class(w, geom, WT), head, n_heads, offs, BLOCK)
         p = tl.exp2((s - tl.max(s, axis=1)[:, None]) * LOG2E)
         p = p / tl.sum(p, axis=1)[:, None]
+        # each gradient is stored as soon as it is complete, so its registers are free again
+        grad = DQKV + (token_rows * 3 * C)[:, None] + out_col[None, :]
         dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
+        tl.store(grad + 2 * C, dv.to(DQKV.dtype.element_ty), mask=mask)
+        dv_pad += _pad_sum(dv, valid, offs, N)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])
         if HAS_BIAS:
             tl.store(partial, tl.load(partial) + ds)
+        dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
         if COSINE:
-            dscale += tl.sum(ds * raw, axis=1)
-        dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * s_scale
+            # sum dS * (Q K^T) as rowsum(Q * dS K): no second N x N tile held (it spilled)
+            dscale += tl.sum(q.to(tl.float32) * dq, axis=1)
+            dq = normalize_rows_bwd(dq * s_scale, q, q_norm)
+        else:
+            dq *= s_scale
+        tl.store(grad, dq.to(DQKV.dtype.element_ty), mask=mask)
         dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION) * s_scale
         if COSINE:
-            dq = normalize_rows_bwd(dq, q, q_norm)
             dk = normalize_rows_bwd(dk, k, k_norm)
-        grad = DQKV + (token_rows * 3 * C)[:, None] + out_col[None, :]
-        tl.store(grad, dq.to(DQKV.dtype.element_ty), mask=mask)
         tl.store(grad + C, dk.to(DQKV.dtype.element_ty), mask=mask)
-        tl.store(grad + 2 * C, dv.to(DQKV.dtype.element_ty), mask=mask)
         dk_pad += _pad_sum(dk, valid, offs, N)
-        dv_pad += _pad_sum(dv, valid, offs, N)
         # the next window reads the bias partial back, maybe from another thread of the program
         tl.debug_barrier()
 
@@ -379,8 +384,8 @@ def _fwd_tiled(
         bias = 0.0
         if HAS_BIAS:
             bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
-        _, s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N, HAS_BIAS,
-                       PRECISION)
+        s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N, HAS_BIAS,
+                    PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2((m_i - m_new) * LOG2E)
         p = tl.exp2((s - m_new[:, None]) * LOG2E)
@@ -453,8 +458,8 @@ def _bwd_dq_tiled(
         bias = 0.0
         if HAS_BIAS:
             bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
-        _, s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N, HAS_BIAS,
-                       PRECISION)
+        s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N, HAS_BIAS,
+                    PRECISION)
         p = tl.exp2((s - row_max[:, None]) * LOG2E) / row_sum[:, None]
         ds = p * (tl.dot(do, tl.trans(v), input_precision=PRECISION) - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
@@ -525,18 +530,19 @@ def _bwd_dkdv_tiled(
             bias = 0.0
             if HAS_BIAS:
                 bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
-            raw, s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N,
-                             HAS_BIAS, PRECISION)
+            s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N,
+                        HAS_BIAS, PRECISION)
             p = tl.exp2((s - row_max[:, None]) * LOG2E) / row_sum[:, None]
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
             ds = p * (tl.dot(do, tl.trans(v), input_precision=PRECISION) - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-            if COSINE:
-                dscale += tl.sum(ds * raw, axis=1)
             partial = stripe + offs_m[:, None] * NP
             tl.store(partial, tl.load(partial) + ds)
             # the next window reads this stripe back, maybe from another thread of the program
             tl.debug_barrier()
+        if COSINE:
+            # sum dS * (Q K^T) as rowsum(K * dS^T Q), once per key block
+            dscale += tl.sum(k.to(tl.float32) * dk, axis=1)
         dk *= s_scale
         if COSINE:
             dk = normalize_rows_bwd(dk, k, k_norm)
