@@ -193,8 +193,9 @@ def article_pickle(tmp_path, monkeypatch):
         monkeypatch.setattr(sys.modules["__main__"], name, cls, raising=False)
     torch.manual_seed(0)
     model = models.build({**TINY_MODEL, "n_classes": 10}, fused=False)
+    # on a CUDA machine DataParallel moves the model to cuda:0, as in the article's own file
     torch.save(torch.nn.DataParallel(model), tmp_path / "article.pth")
-    return tmp_path / "article.pth", model.state_dict()
+    return tmp_path / "article.pth", {k: v.cpu() for k, v in model.state_dict().items()}
 
 
 def test_convert_article_pickle(capsys, article_pickle, tmp_path):
