@@ -24,6 +24,7 @@ from tests.cifar_tools import CLASSES, make_image_folder, run_cli, run_main, usa
 from tests.helpers import assert_close
 
 WORKER = Path(__file__).with_name("cifar_torchrun_worker.py")
+CHECKOUT = str(Path(__file__).resolve().parents[1])
 OPTIONS = ["--embed-dim", "16", "--depths", "2", "--heads", "2", "--window-size", "4",
            "--image-size", "8", "--batch-size", "6", "--workers", "0", "--device", "cpu",
            "--no-fused", "--augment", "--seed", "3"]
@@ -34,7 +35,15 @@ RTOL = 1e-4
 def torchrun(n_processes, *argv, env=None, timeout=240):
     """The CLI under torchrun on this machine: the finished CompletedProcess."""
     return subprocess.run(torchrun_command(n_processes, *argv), capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env=worker_env(env))
+
+
+def worker_env(extra=None):
+    """This environment with the checkout first on PYTHONPATH: a worker runs as a script, which
+    puts tests/ on its path, not the folder pytest runs in, and must import the code under test
+    whether or not it is installed."""
+    path = os.pathsep.join(filter(None, [CHECKOUT, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **(extra or {})}
 
 
 def torchrun_command(n_processes, *argv):
@@ -154,7 +163,7 @@ def test_ctrl_c_ends_every_process_and_keeps_the_last_checkpoint(data_dir, tmp_p
     run_dir = tmp_path / "run"
     job = subprocess.Popen(torchrun_command(2, *train_argv(data_dir, run_dir, 1000)),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)
+                           env=worker_env(), start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while not (run_dir / "last.pt").exists() and job.poll() is None:
