@@ -1,49 +1,45 @@
 #!/usr/bin/env bash
-# The one command for the GPU machine: the most telling numbers first (the op's forward+backward
-# at Swin-T stage 1 with every impl, then Swin-T 224 training with every impl), then the kernel
-# profile, the other op and model cases, the GPU tests, the remaining compiled cases, and last the
-# 3-D cases (video Swin, SwinUNETR), which a first call cuts for time. Each stage
-# runs under its own timeout inside one time budget and leaves its results in the folder before the
-# next starts; a failed stage, or one cut because the budget could not hold it, is recorded in
-# stages.txt, never fatal.
+# The one command for the GPU machine: what a first call must bring back first (the op's
+# forward+backward at Swin-T stage 1, uncompiled impls; the kernels alone; the GPU tests of the
+# kernels and model families; Swin-T 224 training, uncompiled), then the compiled peers of those,
+# the other op and model cases, the CLI tests, the remaining compiled cases, and last the 3-D cases
+# (video Swin, SwinUNETR), which a first call cuts for time. Each stage runs under its own timeout
+# inside one time budget and leaves its results in the folder before the next starts; a stage past
+# its timeout is interrupted (SIGINT: pytest still prints which tests failed and why); a failed
+# stage, or one cut because the budget could not hold it, is recorded in stages.txt, never fatal.
 #
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]   # or OUT_DIR=...; default benchmarks/results
 #   QUICK=1            a rerun within 3 minutes: fewer rounds and cases
-#   STAGES="op1 train224"  run only these stage families (install env op1 train224 profile op
-#                      models tests bias-grad compiled op3d video unetr) or exact stage names
-#                      from stages.txt; STAGES="install env op3d video unetr": the 3-D cases
+#   STAGES="op1 train224"  run only these stage families (env op1 profile tests train224 op
+#                      models bias-grad compiled op3d video unetr) or exact stage names
+#                      from stages.txt; STAGES="env op3d video unetr": the 3-D cases
 #   BUDGET_S=290       the whole script's budget in seconds (QUICK=1: 170)
 #
 # Writes at most 8 files: env.txt tests.log bench.log bench.json profile.txt summary.md chart.png
 # stages.txt. Every call starts its folder afresh: give a second call (e.g. with the STAGES that
 # stages.txt says were cut) another folder, and merge the two bench.json with summarize.py.
 #
-# Budget, estimated for an H100 machine with 16 cores and no compile caches (unmeasured; torch
-# 2.11 Inductor compiles a Swin-T training step in about a minute there, the op alone in ~20 s,
-# FlexAttention's template forward+backward in ~30 s, our Triton kernels in a few seconds each,
-# and each pytest process spends ~6 s importing torch, triton, torchvision and timm):
-#   install 10, env 5                                       15 s
-#   op1: op fwd+bwd Swin-T stage 1, eager sdpa fused fused-v1  25 s    ->  40
-#   op1:compiled, op1:flex: the compiled peers, one process each 30 + 40  ->  110
-#   train224: Swin-T 224 training, reference and timm, uncompiled  40    ->  150
-#   train224:<case>: compiled Swin-T 224 training, 60-70 s each: swin_t compiled and
-#     fused+compiled fit (-> ~280 of 290); timm's sdpa+compiled, fused+compiled, compiled follow
-#     while the budget lasts
-#   then profile (~30), op (the other stages, ~80), models (the other groups, ~100), tests (~100),
-#   bias-grad (~15) and the remaining compiled cases (~40-70 each): a second call
+# Budget, as measured on an H200 machine with 16 cores and no compile caches (2026-11-28, torch
+# 2.11, benchmarks/results/2026-11-28-h200): env 22 s (nvidia-smi and the imports); op1 34 s;
+# profile 48 s; train224 41 s; op1:compiled 45 s; op1:flex 41 s; a compiled Swin-T training case
+# over 80 s; op 60 s; the whole tests folder over 235 s in one process, the kernel and family
+# tests (all but tests/test_cifar*) over 120 s in 8: they get 90 s, the CLI tests the same later.
+#   env 22, op1 34, profile 48, tests 90, train224 41                    -> ~235 of 290
+#   then op1:compiled (~45) if the budget holds it; op1:flex, the compiled Swin-T 224 training
+#   cases (80+ s each), op, models, tests:cli, bias-grad and the remaining compiled cases: a
+#   second call, with the STAGES that stages.txt prints
 #   3-D, last: op3d (the op at swin3d_t and SwinUNETR stage 1, uncompiled, ~40), video (swin3d_t
 #   16x224x224 training and inference at batch 8, uncompiled, ~90), unetr (SwinUNETR 96^3, skipped
 #   with the reason where MONAI is not installed), then their compiled and FlexAttention cases
 #   (~60-90 each): a call of their own
-# QUICK=1 (170 s) gets op1 with every impl and train224 uncompiled; its compiled cases need warm
-# caches (a second call on a warm machine compiles in seconds) or the second call.
+# QUICK=1 (170 s) gets op1, profile, 60 s of tests and train224, all uncompiled.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT_DIR:-benchmarks/results}}
 export QUICK=${QUICK:-0}
 [ "$QUICK" = 1 ] && default_budget=170 || default_budget=290
 BUDGET_S=${BUDGET_S:-$default_budget}
-ALL_STAGES="install env op1 train224 profile op models tests bias-grad compiled op3d video unetr"
+ALL_STAGES="env op1 profile tests train224 op models bias-grad compiled op3d video unetr"
 STAGES=${STAGES:-$ALL_STAGES}
 PYTHON=${PYTHON:-python}
 export PYTHONUNBUFFERED=1  # a stage killed at its timeout still leaves its log
@@ -76,7 +72,7 @@ stage() {  # stage NAME MIN_S MAX_S LOG COMMAND...: under min(MAX_S, time left);
         return 0
     fi
     echo "=== $name (limit ${limit}s): $*" >>"$log"
-    timeout -k 5 "$limit" "$@" >>"$log" 2>&1
+    timeout -s INT -k 10 "$limit" "$@" >>"$log" 2>&1
     rc=$?
     if ((rc == 0)); then status=ok
     elif ((rc == 124 || rc == 137)); then status="TIMEOUT after ${limit}s"
@@ -132,7 +128,7 @@ print(f"device {p.name}, sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, "
       f"{p.total_memory / 2**30:.0f} GiB")
 '
 OP1=op-fwdbwd-swin_t-stage1
-[ "$QUICK" = 1 ] && tests_max=100 || tests_max=120
+[ "$QUICK" = 1 ] && tests_max=60 || tests_max=90
 # kernel compilation dominates the suite on a fresh machine: spread it over 8 processes if we can
 "$PYTHON" -c "import xdist" 2>/dev/null && xdist=(-n 8) || xdist=()
 # the 3-D cases run last, in stages of their own
@@ -144,29 +140,44 @@ selected op1 && op_rest="$op_rest and not $OP1"
 TRAIN224="train-224-swin_t or train-224-timm_swin_t"
 selected train224 && models_rest="$models_rest and not ($TRAIN224)"
 
+# the checkout itself, not an install: pip install -e needs the network for its build tools
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# the kernels' own tests first, then the families'; the CLI tests (tests/test_cifar*) later
+KERNEL_TESTS=(tests/test_window_attention.py tests/test_window_attention_3d.py)
+for f in tests/test_*.py; do
+    case $f in "${KERNEL_TESTS[0]}" | "${KERNEL_TESTS[1]}" | tests/test_cifar*) ;;
+    *) KERNEL_TESTS+=("$f") ;; esac
+done
+pytest_tests() {  # pytest_tests NAME MAX_S FILES...: the GPU tests, strict, failures listed
+    local name=$1 max=$2
+    shift 2
+    stage "$name" 30 "$max" "$OUT/tests.log" env SWIN_FUSED_STRICT=1 "$PYTHON" -m pytest -q \
+        "${xdist[@]}" --tb=short -rfE "$@"
+}
+
 echo "gpu_check: results in $OUT, budget ${BUDGET_S}s, QUICK=$QUICK, stages: $STAGES"
-stage install 5 60 "$OUT/env.txt" "$PYTHON" -m pip install -q -e . --no-deps --no-build-isolation
 stage env 5 30 "$OUT/env.txt" bash -c 'nvidia-smi; "$0" -c "$1"' "$PYTHON" "$ENV_PY"
 
-# 1. the op at Swin-T stage 1, forward + backward, every impl; the compiled peers one process each
+# 1. the op at Swin-T stage 1, forward + backward, uncompiled impls; the kernels alone; the GPU
+# tests of the kernels and families; Swin-T 224 training, uncompiled
 bench op1 15 60 benchmarks/test_op.py -k "$OP1 and not compiled and not flex"
+stage profile 20 90 "$OUT/profile.txt" "$PYTHON" -m benchmarks.profile_kernels
+pytest_tests tests "$tests_max" "${KERNEL_TESTS[@]}"
+bench train224 25 90 benchmarks/test_models.py -k "($TRAIN224) and not compiled"
+
+# 2. their compiled peers, one process each
 bench op1:compiled 20 60 $(ids benchmarks/test_op.py $OP1 compiled)
 bench op1:flex 25 75 $(ids benchmarks/test_op.py $OP1 flex)
-
-# 2. Swin-T 224 training, every impl: uncompiled in one process, then each compiled case alone
-bench train224 25 90 benchmarks/test_models.py -k "($TRAIN224) and not compiled"
 for c in swin_t:compiled swin_t:fused+compiled timm_swin_t:sdpa+compiled \
     timm_swin_t:fused+compiled timm_swin_t:compiled; do
     # shellcheck disable=SC2046
     bench "train224:${c/:/-}" 60 150 $(ids benchmarks/test_models.py "train-224-${c%%:*}" "${c#*:}")
 done
 
-# 3. the rest: kernel profile, the other op and model cases, GPU tests, the other compiled cases
-stage profile 20 90 "$OUT/profile.txt" "$PYTHON" -m benchmarks.profile_kernels
+# 3. the rest: the other op and model cases, the CLI tests, the other compiled cases
 bench op 40 150 benchmarks/test_op.py -k "$op_rest"
 bench models 40 180 benchmarks/test_models.py -k "$models_rest"
-stage tests 30 "$tests_max" "$OUT/tests.log" env SWIN_FUSED_STRICT=1 "$PYTHON" -m pytest tests -q \
-    "${xdist[@]}" --tb=short -rfE
+pytest_tests tests:cli 120 tests/test_cifar*.py
 stage bias-grad 10 60 "$OUT/tests.log" "$PYTHON" -m benchmarks.check_bias_grad
 M=benchmarks/test_models.py
 compiled_cases $M infer-224-swin_t compiled fused+compiled
