@@ -60,10 +60,14 @@ def _one_tile(geometry, settings):
 
 
 def stats_shape(geometry, batch, num_heads, settings=None):
-    """The forward's softmax row statistics (row max, row sum) kept for the backward: only tiled
-    windows need them, since the one-tile backward recomputes the whole row."""
-    if _one_tile(geometry, settings or Settings()):
-        return (0,)
+    """What the forward keeps for the backward besides out, fp32: for one-tile windows the bias
+    and mask table (_bias_mask_table), built once per forward and backward pair (the backward
+    recomputes each whole softmax row); for tiled windows the softmax row statistics (row max,
+    row sum)."""
+    settings = settings or Settings()
+    if _one_tile(geometry, settings):
+        block = min(settings.block, next_block(geometry.tokens))
+        return (_classes(geometry), num_heads, block, block)
     return (geometry.n_windows(batch), num_heads, 2, geometry.tokens)
 
 
@@ -188,13 +192,13 @@ def _pad_sum(x, valid, offs, N: tl.constexpr):
 
 # ---- one-tile windows --------------------------------------------------------------------------
 
-@triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows"])
+@triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows", "groups"])
 def _fwd_window(
     QKV, OUT, TABLE, QKV_BIAS, LOGIT_SCALE,
     stride_qb, stride_ql, stride_qc,
     T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
     n_win_h, n_win_w, n_win_img,
-    n_windows, scale, n_heads, head_dim,
+    n_windows, groups, scale, n_heads, head_dim,
     WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -217,7 +221,7 @@ def _fwd_window(
     s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
     out_col = head * head_dim + offs_d
 
-    for w in range(group, n_windows, tl.num_programs(1)):
+    for w in range(group, n_windows, groups):
         image, token, valid, _ = _window_tokens(w, offs, geom, WT, WH, WW, False)
         rows = image * stride_qb + token.to(tl.int64) * stride_ql
         q = _load_head(QKV, rows, valid, col, dmask, no_fill)
@@ -235,13 +239,13 @@ def _fwd_window(
                  mask=valid[:, None] & dmask[None, :])
 
 
-@triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows"])
+@triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows", "groups"])
 def _bwd_window(
     QKV, DOUT, DQKV, TABLE, QKV_BIAS, LOGIT_SCALE, DBIAS, DPAD, DSCALE,
     stride_qb, stride_ql, stride_qc,
     T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
     n_win_h, n_win_w, n_win_img,
-    n_windows, scale, n_heads, head_dim,
+    n_windows, groups, scale, n_heads, head_dim,
     WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr,
     COSINE: tl.constexpr, PRECISION: tl.constexpr,
@@ -271,7 +275,7 @@ def _bwd_window(
     dk_pad = tl.zeros([BLOCK_D], tl.float32)
     dv_pad = tl.zeros([BLOCK_D], tl.float32)
     dscale = tl.zeros([BLOCK], tl.float32)
-    for w in range(group, n_windows, tl.num_programs(1)):
+    for w in range(group, n_windows, groups):
         image, token, valid, _ = _window_tokens(w, offs, geom, WT, WH, WW, False)
         rows = image * stride_qb + token.to(tl.int64) * stride_ql
         mask = valid[:, None] & dmask[None, :]
@@ -562,14 +566,20 @@ def _bwd_dkdv_tiled(
 # ---- launchers ---------------------------------------------------------------------------------
 
 def _launch(geometry, head_dim, dtype, settings):
-    """(settings, the kernels' shared keyword arguments: geometry, constexprs)."""
+    """(settings, the kernels' shared keyword arguments: geometry, constexprs); not to be
+    modified: the default settings' pair is cached."""
     if settings is None:
-        settings = Settings.for_shape(geometry, head_dim, dtype)
+        return _default_launch(geometry, head_dim, dtype)
     block = min(settings.block, next_block(geometry.tokens))
     meta = dict(**geometry.kernel_args(), **geometry.constexprs(), BLOCK=block,
                 BLOCK_D=next_block(head_dim),
                 PRECISION="ieee" if dtype == torch.float32 else "tf32")
     return settings, meta
+
+
+@functools.lru_cache(maxsize=256)
+def _default_launch(geometry, head_dim, dtype):
+    return _launch(geometry, head_dim, dtype, Settings.for_shape(geometry, head_dim, dtype))
 
 
 def kernel_configs(geometry, head_dim, dtype, settings=None):
@@ -610,13 +620,18 @@ def _class_masks(window, shift, classes, block, device, mask_value):
     return masks
 
 
+def _classes(geometry):
+    """Window classes (_window_class): last window along each axis or not."""
+    return 8 if geometry.is_3d else 4
+
+
 def _bias_mask_table(rel_bias, geometry, num_heads, block, device, mask_value):
     """(classes, heads, block, block) fp32, the one-tile kernels' scores offset:
     bias + shift mask of each window class, -inf in key columns past N."""
-    masks = _class_masks(geometry.window, geometry.shift, 8 if geometry.is_3d else 4, block, device,
+    masks = _class_masks(geometry.window, geometry.shift, _classes(geometry), block, device,
                          mask_value)
     if rel_bias is None:
-        return masks.expand(-1, num_heads, -1, -1).contiguous()
+        return masks.repeat(1, num_heads, 1, 1)  # a copy even for one head: never the cached masks
     n = geometry.tokens
     bias = F.pad(rel_bias.float(), (0, block - n, 0, block - n))
     return bias[None] + masks
@@ -630,14 +645,12 @@ def _groups(n_windows, per_group_programs, device, settings):
 
 def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_heads, scale,
                          mask_value, settings=None):
-    """Returns out (B, T*H*W, heads*head_dim) and the softmax row statistics the backward needs
-    (stats_shape: empty for one-tile windows)."""
+    """Returns out (B, T*H*W, heads*head_dim) and what the backward needs besides (stats_shape)."""
     head_dim = qkv.shape[-1] // (3 * num_heads)
     settings, meta = _launch(geometry, head_dim, qkv.dtype, settings)
     B, L, C3 = qkv.shape
     n_windows = geometry.n_windows(B)
     out = qkv.new_empty(B, L, C3 // 3)
-    stats = qkv.new_empty(stats_shape(geometry, B, num_heads, settings), dtype=torch.float32)
     rel_bias = rel_bias.float().contiguous() if rel_bias is not None else None
     pointers = (optional_pointer(rel_bias, out), optional_pointer(qkv_bias, out),
                 optional_pointer(logit_scale, out))
@@ -645,13 +658,14 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_hea
                   **_flags(rel_bias, qkv_bias, logit_scale), **meta)
     if _one_tile(geometry, settings):
         groups = _groups(n_windows, num_heads, qkv.device, settings)
-        table = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"], qkv.device,
+        stats = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"], qkv.device,
                                  mask_value)
         common.pop("HAS_BIAS")
         _fwd_window[(num_heads, groups)](
-            qkv, out, table, *pointers[1:], *qkv.stride(), n_windows=n_windows,
+            qkv, out, stats, *pointers[1:], *qkv.stride(), n_windows=n_windows, groups=groups,
             num_warps=settings.fwd_warps, num_stages=settings.fwd_stages, **common)
     else:
+        stats = qkv.new_empty(stats_shape(geometry, B, num_heads, settings), dtype=torch.float32)
         n_blocks = triton.cdiv(geometry.tokens, meta["BLOCK"])
         _fwd_tiled[(n_windows * num_heads * n_blocks,)](
             qkv, out, stats, *pointers, *qkv.stride(), mask_value=mask_value,
@@ -681,11 +695,9 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
         dbias = torch.zeros(groups, num_heads, meta["BLOCK"], meta["BLOCK"], **f32)
         dpad = torch.empty(groups * num_heads, 2, meta["BLOCK_D"], **f32)
         dscale = torch.empty(groups, num_heads, **f32)
-        table = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"], qkv.device,
-                                 mask_value)
-        _bwd_window[(num_heads, groups)](
-            qkv, dout, dqkv, table, *pointers[1:], dbias, dpad, dscale, *qkv.stride(),
-            n_windows=n_windows, **common, **launch)
+        _bwd_window[(num_heads, groups)](  # stats: the forward's bias and mask table
+            qkv, dout, dqkv, stats, *pointers[1:], dbias, dpad, dscale, *qkv.stride(),
+            n_windows=n_windows, groups=groups, **common, **launch)
     else:
         n_blocks = triton.cdiv(n, meta["BLOCK"])
         n_padded = n_blocks * meta["BLOCK"]
