@@ -8,6 +8,7 @@ the period is the padded size; with roll-then-pad (timm) it is the map size and 
 past it are padding.
 """
 import collections
+import functools
 import math
 from dataclasses import dataclass
 
@@ -33,24 +34,24 @@ class Geometry:
         return cls(tuple(int(s) for s in size), tuple(int(w) for w in window),
                    tuple(int(s) for s in shift), bool(roll_before_pad))
 
-    @property
+    @functools.cached_property
     def tokens(self):
         """N, the tokens of one window."""
         return math.prod(self.window)
 
-    @property
+    @functools.cached_property
     def padded(self):
         return tuple(-(-s // w) * w for s, w in zip(self.size, self.window))
 
-    @property
+    @functools.cached_property
     def windows_per_axis(self):
         return tuple(p // w for p, w in zip(self.padded, self.window))
 
-    @property
+    @functools.cached_property
     def windows_per_image(self):
         return math.prod(self.windows_per_axis)
 
-    @property
+    @functools.cached_property
     def is_3d(self):
         return self.size[0] > 1 or self.window[0] > 1
 

@@ -1,4 +1,6 @@
 """`window_attention`: the fused op as a PyTorch custom op with a Triton forward and backward.
+In eager mode plain tensors reach the same kernels through an autograd.Function, which costs less
+host time per call (`_direct`).
 
 Dispatch: CUDA tensors run the compiled Triton kernels; CPU tensors run the same kernels in Triton's
 interpreter when TRITON_INTERPRET=1 (bfloat16 in float32 there), otherwise the eager PyTorch path.
@@ -8,6 +10,7 @@ SWIN_FUSED_STRICT=1 every fallback raises FallbackError instead.
 Two kernel generations: `kernel="v1" | "v2"`, or None for the SWIN_FUSED_KERNEL environment variable
 (default v2); v1 serves 2-D windows only, and 3-D input given to it falls back with that reason.
 """
+import functools
 import importlib
 import math
 import os
@@ -196,10 +199,21 @@ def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, s
     if dtype == torch.bfloat16 and qkv.device.type == "cpu":
         # Triton's interpreter computes bfloat16 tl.dot wrongly: it runs the kernels in float32
         qkv = qkv.float()
-    out, _ = torch.ops.swin_fused.window_attention_fwd(
-        qkv, rel_bias, qkv_bias, logit_scale, list(size), num_heads, list(window), list(shift),
-        scale, float(mask_value), roll_before_pad, kernel)
+    args = (qkv, rel_bias, qkv_bias, logit_scale, list(size), num_heads, list(window), list(shift),
+            scale, float(mask_value), roll_before_pad, kernel)
+    fwd = _WindowAttention.apply if _direct(qkv, rel_bias, qkv_bias, logit_scale) else _fwd
+    out, _ = fwd(*args)
     return out.to(dtype)
+
+
+def _direct(*tensors):
+    """Plain tensors outside torch.compile, dispatch modes and torch.func transforms: call the
+    kernels directly. A custom op's dispatch costs more host time than the kernels take at Swin's
+    smaller stages; compilation, fake and other tensor subclasses, dispatch modes and transforms
+    see the custom ops."""
+    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._are_functorch_transforms_active()
+            and all(t is None or type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors))
 
 
 def _kernels(kernel):
@@ -208,18 +222,27 @@ def _kernels(kernel):
 
 
 def _geometry(size, window, shift, roll_before_pad):
+    return _geometry_of(tuple(size), tuple(window), tuple(shift), roll_before_pad)
+
+
+@functools.lru_cache(maxsize=256)
+def _geometry_of(size, window, shift, roll_before_pad):
+    # one Geometry per configuration, so its derived sizes are computed once
     from swin_fused.kernels.common import Geometry
     return Geometry.of(size, window, shift, roll_before_pad)
 
 
-@torch.library.custom_op("swin_fused::window_attention_fwd", mutates_args=())
-def _fwd(qkv: torch.Tensor, rel_bias: Optional[torch.Tensor], qkv_bias: Optional[torch.Tensor],
-         logit_scale: Optional[torch.Tensor], size: list[int], num_heads: int, window: list[int],
-         shift: list[int], scale: float, mask_value: float, roll_before_pad: bool, kernel: str
-         ) -> tuple[torch.Tensor, torch.Tensor]:
+def _fwd_kernels(qkv: torch.Tensor, rel_bias: Optional[torch.Tensor],
+                 qkv_bias: Optional[torch.Tensor], logit_scale: Optional[torch.Tensor],
+                 size: list[int], num_heads: int, window: list[int], shift: list[int], scale: float,
+                 mask_value: float, roll_before_pad: bool, kernel: str
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _kernels(kernel).window_attention_fwd(
         qkv, rel_bias, qkv_bias, logit_scale, _geometry(size, window, shift, roll_before_pad),
         num_heads, scale, mask_value)
+
+
+_fwd = torch.library.custom_op("swin_fused::window_attention_fwd", _fwd_kernels, mutates_args=())
 
 
 @_fwd.register_fake
@@ -231,15 +254,18 @@ def _(qkv, rel_bias, qkv_bias, logit_scale, size, num_heads, window, shift, scal
     return qkv.new_empty(B, L, C3 // 3), stats
 
 
-@torch.library.custom_op("swin_fused::window_attention_bwd", mutates_args=())
-def _bwd(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, stats: torch.Tensor,
-         rel_bias: Optional[torch.Tensor], qkv_bias: Optional[torch.Tensor],
-         logit_scale: Optional[torch.Tensor], size: list[int], num_heads: int, window: list[int],
-         shift: list[int], scale: float, mask_value: float, roll_before_pad: bool, kernel: str
-         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bwd_kernels(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, stats: torch.Tensor,
+                 rel_bias: Optional[torch.Tensor], qkv_bias: Optional[torch.Tensor],
+                 logit_scale: Optional[torch.Tensor], size: list[int], num_heads: int,
+                 window: list[int], shift: list[int], scale: float, mask_value: float,
+                 roll_before_pad: bool, kernel: str
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _kernels(kernel).window_attention_bwd(
         dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
         _geometry(size, window, shift, roll_before_pad), num_heads, scale, mask_value)
+
+
+_bwd = torch.library.custom_op("swin_fused::window_attention_bwd", _bwd_kernels, mutates_args=())
 
 
 @_bwd.register_fake
@@ -259,7 +285,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, _dstats):
     qkv, out, stats, rel_bias, qkv_bias, logit_scale = ctx.saved_tensors
-    dqkv, drel_bias, dqkv_bias, dlogit_scale = _bwd(
+    # create_graph=True: the custom op, whose own backward says there is no double backward
+    bwd = _bwd if torch.is_grad_enabled() or not _direct(dout) else _bwd_kernels
+    dqkv, drel_bias, dqkv_bias, dlogit_scale = bwd(
         dout.contiguous(), qkv, out, stats, rel_bias, qkv_bias, logit_scale, *ctx.config)
 
     def cast(grad, like):
@@ -269,6 +297,20 @@ def _backward(ctx, dout, _dstats):
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _WindowAttention(torch.autograd.Function):
+    """The custom op's forward and backward without its dispatch (see _direct)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):  # setup_context in forward: a separate one costs a signature bind
+        output = _fwd_kernels(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output
+
+    @staticmethod
+    def backward(ctx, dout, dstats):
+        return _backward(ctx, dout, dstats)
 
 
 def _no_double_backward(ctx, *grads):
