@@ -74,13 +74,35 @@ def not_supported_reasons(window_size, shift_size, head_dim, *, dtype=None, devi
         reasons.append(f"head dim {head_dim} is over {MAX_HEAD_DIM}")
     if dtype is not None and dtype not in KERNEL_DTYPES:
         reasons.append(f"dtype {dtype} is not one of float16, bfloat16, float32")
-    if device is not None and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        reasons.append("CPU tensors run the Triton kernels only with TRITON_INTERPRET=1")
+    if device is not None and device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            reasons.append("CPU tensors run the Triton kernels only with TRITON_INTERPRET=1")
+        elif problem := interpreter_problem(*_installed_versions()):
+            reasons.append(problem)
     if device is not None and device.type not in ("cpu", "cuda"):
         reasons.append(f"device {device.type} has no Triton backend here")
     if attn_dropout > 0 and training:
         reasons.append("attention dropout p > 0 in training is not fused")
     return reasons
+
+
+def interpreter_problem(triton_version, numpy_version):
+    """Why Triton's interpreter cannot run the kernels with these versions, or None."""
+    def release(version):
+        return tuple(int(part) for part in version.split("+")[0].split(".")[:2])
+    if release(triton_version) < (3, 7) and release(numpy_version) >= (2, 4):
+        # its range() over a runtime bound calls int() on a one-element array
+        return (f"Triton {triton_version}'s interpreter fails with NumPy {numpy_version} (NumPy "
+                "2.4 refuses int() of a one-element array): install numpy<2.4 or triton>=3.7")
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_versions():
+    import importlib.metadata
+
+    import numpy
+    return importlib.metadata.version("triton"), numpy.__version__
 
 
 def resolve_kernel(kernel):

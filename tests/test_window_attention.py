@@ -334,6 +334,13 @@ def test_cpu_without_interpreter_runs_eager(monkeypatch):
         swin_fused.window_attention(torch.zeros(1, 4, 6), 2, 2, 1, 2)
 
 
+def test_interpreter_versions_known_to_fail_are_named():
+    assert "install numpy<2.4 or triton>=3.7" in ops.interpreter_problem("3.6.0", "2.4.6")
+    for triton_version, numpy_version in [("3.6.0", "2.3.5"), ("3.7.0", "2.4.6"),
+                                          ("3.8.0+git1234", "2.5.5")]:
+        assert ops.interpreter_problem(triton_version, numpy_version) is None
+
+
 def test_support_check_returns_every_reason():
     reasons = swin_fused.not_supported_reasons((33, 33), (40, 0), 160, dtype=torch.float64,
                                                device=torch.device("meta"), attn_dropout=0.1,
