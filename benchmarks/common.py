@@ -67,9 +67,12 @@ def recorded_as_skip(impl):
         pytest.skip(f"{impl} failed: {type(e).__name__}: {message[:400]}")
 
 
-def fused_kernel():
-    """The kernel generation the fused op runs by default: SWIN_FUSED_KERNEL, else v2."""
-    return os.environ.get("SWIN_FUSED_KERNEL") or "v2"
+def fused_kernel(shape):
+    """The kernel generation the fused op runs by default at this op shape (ops.resolve_kernel)."""
+    from swin_fused.ops import resolve_kernel
+    window = shape.window if shape.T else (shape.window, shape.window)
+    windows = math.prod(-(-s // w) for s, w in zip(shape.size, window))
+    return resolve_kernel(None, shape.batch * windows, is_3d=bool(shape.T))
 
 
 # ---- models ------------------------------------------------------------------------------------

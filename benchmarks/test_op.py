@@ -99,7 +99,7 @@ def test_op(benchmark, group, direction, impl, shape):
         info = dict(impl=impl, shape=shape.label, dtype=str(dtype).removeprefix("torch."),
                     compile_s=compile_s)
         if "fused" in impl:
-            info["kernel"] = "v1" if impl == "fused-v1" else fused_kernel()
+            info["kernel"] = "v1" if impl == "fused-v1" else fused_kernel(shape)
         seconds = measure(benchmark, lambda: op_pass(fn, shape, inputs, dout, backward), group,
                           warmup, rounds, calls, **info)
     if seconds is None:

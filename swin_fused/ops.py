@@ -7,8 +7,9 @@ interpreter when TRITON_INTERPRET=1 (bfloat16 in float32 there), otherwise the e
 `not_supported_reasons` is the one check of what the kernels serve, for the op, the model families
 and `patch`; input it rejects runs the eager path with its reasons warned once. With
 SWIN_FUSED_STRICT=1 every fallback raises FallbackError instead.
-Two kernel generations: `kernel="v1" | "v2"`, or None for the SWIN_FUSED_KERNEL environment variable
-(default v2); v1 serves 2-D windows only, and 3-D input given to it falls back with that reason.
+Two kernel generations: `kernel="v1" | "v2"`, or None for the SWIN_FUSED_KERNEL environment variable,
+else chosen by shape (resolve_kernel); v1 serves 2-D windows only, and 3-D input given to it falls
+back with that reason.
 """
 import functools
 import importlib
@@ -26,7 +27,9 @@ MAX_WINDOW_TOKENS = 1024
 MAX_HEAD_DIM = 128  # fp32 tiles of 256 overflow shared memory
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 KERNELS = ("v1", "v2")  # the kernel generations; v1 goes once a GPU shows v2 at least as fast
-DEFAULT_KERNEL = "v2"
+# the default by shape: an H200 (benchmarks/results/2026-11-28-h200) ran v2 faster from 1152
+# windows a batch up (Swin-T stages 1-2, CIFAR stage 1) and v1 at 512 and fewer
+V2_FROM_WINDOWS = 1024
 DOUBLE_BACKWARD = ("swin_fused: window_attention has no double backward (its backward is a Triton "
                    "kernel without a derivative); use swin_fused.eager.window_attention_eager")
 
@@ -105,13 +108,16 @@ def _installed_versions():
     return importlib.metadata.version("triton"), numpy.__version__
 
 
-def resolve_kernel(kernel):
-    """The kernel generation to run: `kernel`, or SWIN_FUSED_KERNEL read now, or the default."""
+def resolve_kernel(kernel, n_windows=None, is_3d=False):
+    """The kernel generation to run: `kernel`, or SWIN_FUSED_KERNEL read now, or by shape: v2 for
+    3-D windows and from V2_FROM_WINDOWS windows a batch up (or n_windows unknown), v1 below."""
+    kernel = kernel or os.environ.get("SWIN_FUSED_KERNEL", "") or None
     if kernel is None:
-        kernel = os.environ.get("SWIN_FUSED_KERNEL", "") or DEFAULT_KERNEL
+        few = n_windows is not None and n_windows < V2_FROM_WINDOWS
+        return "v1" if few and not is_3d else "v2"
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)} (or None: SWIN_FUSED_KERNEL, "
-                         f"default {DEFAULT_KERNEL}), got {kernel!r}")
+                         f"else by shape), got {kernel!r}")
     return kernel
 
 
@@ -169,7 +175,8 @@ def window_attention(qkv, H, W, num_heads, window_size, shift_size=0, *, rel_bia
     attn_dropout, training: dropout on the attention probabilities (runs the eager path).
     mask_value: added to the scores between shift regions: -100 (every family but Hugging Face's
                 Swinv2, which adds its mask twice: -200).
-    kernel:     "v1" or "v2"; None reads SWIN_FUSED_KERNEL (default v2).
+    kernel:     "v1" or "v2"; None reads SWIN_FUSED_KERNEL, else picks by shape: v2 for 3-D
+                windows and batches of 1024 windows or more, v1 below (resolve_kernel).
     Returns (B, H*W, heads*head_dim) in the natural token layout. Every tensor may have any
     strides; B may be 0. Differentiable once: a second backward raises (DOUBLE_BACKWARD).
     """
@@ -198,8 +205,9 @@ def window_attention_3d(qkv, T, H, W, num_heads, window_size, shift_size=0, *, r
 def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, scale, logit_scale,
                       roll_before_pad, attn_dropout, training, mask_value, kernel):
     """Both entry points, on (T, H, W) triples: the kernels, or the eager path with its reasons."""
-    kernel = resolve_kernel(kernel)
     two_d = size[0] == 1 and window[0] == 1
+    n_windows = _geometry(size, window, shift, roll_before_pad).n_windows(qkv.shape[0])
+    kernel = resolve_kernel(kernel, n_windows, is_3d=not two_d)
     head_dim = qkv.shape[-1] // (3 * num_heads)
     scale = head_dim ** -0.5 if scale is None else float(scale)
     reasons = not_supported_reasons(window[1:] if two_d else window, shift[1:] if two_d else shift,

@@ -1,5 +1,6 @@
 """The fused op against the plain-PyTorch op (swin_fused.eager) in float64: outputs and all gradients."""
 import functools
+import importlib
 import warnings
 
 import pytest
@@ -332,6 +333,24 @@ def test_cpu_without_interpreter_runs_eager(monkeypatch):
         "cpu")) == ["CPU tensors run the Triton kernels only with TRITON_INTERPRET=1"]
     with pytest.raises(swin_fused.FallbackError, match="TRITON_INTERPRET=1"):
         swin_fused.window_attention(torch.zeros(1, 4, 6), 2, 2, 1, 2)
+
+
+def test_default_kernel_generation_by_shape(monkeypatch):
+    monkeypatch.delenv("SWIN_FUSED_KERNEL")
+    assert ops.resolve_kernel(None, ops.V2_FROM_WINDOWS) == "v2"
+    assert ops.resolve_kernel(None, ops.V2_FROM_WINDOWS - 1) == "v1"
+    assert ops.resolve_kernel(None, 8, is_3d=True) == "v2"  # v1 serves 2-D only
+    assert ops.resolve_kernel(None) == "v2"
+    assert ops.resolve_kernel("v1", 10 ** 6) == "v1"
+    monkeypatch.setenv("SWIN_FUSED_KERNEL", "v2")
+    assert ops.resolve_kernel(None, 8) == "v2"
+    ran = []
+    monkeypatch.delenv("SWIN_FUSED_KERNEL")
+    monkeypatch.setattr(ops, "_kernels", lambda kernel: ran.append(kernel) or
+                        importlib.import_module(f"swin_fused.kernels.{kernel}"))
+    qkv, params, config, _ = make_inputs(*CASES["pad-shift"])  # 2 images of 4 windows
+    swin_fused.window_attention(qkv, **config, **params)
+    assert ran == ["v1"]
 
 
 def test_interpreter_versions_known_to_fail_are_named():
