@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# The one command for the GPU machine: what a first call must bring back first (the op's
-# forward+backward at Swin-T stage 1, uncompiled impls; the kernels alone; the GPU tests of the
-# kernels and model families; Swin-T 224 training, uncompiled), then the compiled peers of those,
-# the other op and model cases, the CLI tests, the remaining compiled cases, and last the 3-D cases
-# (video Swin, SwinUNETR), which a first call cuts for time. Each stage runs under its own timeout
+# The one command for the GPU machine: the most telling numbers first (the op's forward+backward
+# at Swin-T stage 1 with every impl but FlexAttention, then Swin-T 224 training uncompiled), then
+# what a first call must also bring back (the kernels alone, the GPU tests of the kernels and
+# model families), then FlexAttention and the compiled Swin-T 224 training cases, the other op and
+# model cases, the CLI tests, the remaining compiled cases, and last the 3-D cases (video Swin,
+# SwinUNETR), which a first call cuts for time. Each stage runs under its own timeout
 # inside one time budget and leaves its results in the folder before the next starts; a stage past
 # its timeout is interrupted (SIGINT: pytest still prints which tests failed and why); a failed
 # stage, or one cut because the budget could not hold it, is recorded in stages.txt, never fatal.
 #
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]   # or OUT_DIR=...; default benchmarks/results
 #   QUICK=1            a rerun within 3 minutes: fewer rounds and cases
-#   STAGES="op1 train224"  run only these stage families (env op1 profile tests train224 op
+#   STAGES="op1 train224"  run only these stage families (env op1 train224 profile tests op
 #                      models bias-grad compiled op3d video unetr) or exact stage names
 #                      from stages.txt; STAGES="env op3d video unetr": the 3-D cases
 #   BUDGET_S=290       the whole script's budget in seconds (QUICK=1: 170)
@@ -24,22 +25,22 @@
 # profile 48 s; train224 41 s; op1:compiled 45 s; op1:flex 41 s; a compiled Swin-T training case
 # over 80 s; op 60 s; the whole tests folder over 235 s in one process, the kernel and family
 # tests (all but tests/test_cifar*) over 120 s in 8: they get 90 s, the CLI tests the same later.
-#   env 22, op1 34, profile 48, tests 90, train224 41                    -> ~235 of 290
-#   then op1:compiled (~45) if the budget holds it; op1:flex, the compiled Swin-T 224 training
-#   cases (80+ s each), op, models, tests:cli, bias-grad and the remaining compiled cases: a
-#   second call, with the STAGES that stages.txt prints
+#   env 22, op1 34, op1:compiled 45, train224 41, profile 48, tests 90   -> ~280 of 290
+#   then op1:flex (~41), the compiled Swin-T 224 training cases (80+ s each: more than a call
+#   can hold beside the rest), op, models, tests:cli, bias-grad and the remaining compiled cases:
+#   a second call, with the STAGES that stages.txt prints
 #   3-D, last: op3d (the op at swin3d_t and SwinUNETR stage 1, uncompiled, ~40), video (swin3d_t
 #   16x224x224 training and inference at batch 8, uncompiled, ~90), unetr (SwinUNETR 96^3, skipped
 #   with the reason where MONAI is not installed), then their compiled and FlexAttention cases
 #   (~60-90 each): a call of their own
-# QUICK=1 (170 s) gets op1, profile, 60 s of tests and train224, all uncompiled.
+# QUICK=1 (170 s) gets op1 and op1:compiled, train224, profile and part of the tests.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT_DIR:-benchmarks/results}}
 export QUICK=${QUICK:-0}
 [ "$QUICK" = 1 ] && default_budget=170 || default_budget=290
 BUDGET_S=${BUDGET_S:-$default_budget}
-ALL_STAGES="env op1 profile tests train224 op models bias-grad compiled op3d video unetr"
+ALL_STAGES="env op1 train224 profile tests op models bias-grad compiled op3d video unetr"
 STAGES=${STAGES:-$ALL_STAGES}
 PYTHON=${PYTHON:-python}
 export PYTHONUNBUFFERED=1  # a stage killed at its timeout still leaves its log
@@ -158,15 +159,15 @@ pytest_tests() {  # pytest_tests NAME MAX_S FILES...: the GPU tests, strict, fai
 echo "gpu_check: results in $OUT, budget ${BUDGET_S}s, QUICK=$QUICK, stages: $STAGES"
 stage env 5 30 "$OUT/env.txt" bash -c 'nvidia-smi; "$0" -c "$1"' "$PYTHON" "$ENV_PY"
 
-# 1. the op at Swin-T stage 1, forward + backward, uncompiled impls; the kernels alone; the GPU
-# tests of the kernels and families; Swin-T 224 training, uncompiled
+# 1. the op at Swin-T stage 1, forward + backward, every impl but FlexAttention; Swin-T 224
+# training, uncompiled; the kernels alone; the GPU tests of the kernels and families
 bench op1 15 60 benchmarks/test_op.py -k "$OP1 and not compiled and not flex"
+bench op1:compiled 20 60 $(ids benchmarks/test_op.py $OP1 compiled)
+bench train224 25 90 benchmarks/test_models.py -k "($TRAIN224) and not compiled"
 stage profile 20 90 "$OUT/profile.txt" "$PYTHON" -m benchmarks.profile_kernels
 pytest_tests tests "$tests_max" "${KERNEL_TESTS[@]}"
-bench train224 25 90 benchmarks/test_models.py -k "($TRAIN224) and not compiled"
 
-# 2. their compiled peers, one process each
-bench op1:compiled 20 60 $(ids benchmarks/test_op.py $OP1 compiled)
+# 2. FlexAttention at Swin-T stage 1, then each compiled Swin-T 224 training case, one process each
 bench op1:flex 25 75 $(ids benchmarks/test_op.py $OP1 flex)
 for c in swin_t:compiled swin_t:fused+compiled timm_swin_t:sdpa+compiled \
     timm_swin_t:fused+compiled timm_swin_t:compiled; do
