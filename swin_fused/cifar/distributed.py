@@ -5,6 +5,7 @@ Started by torchrun (LOCAL_RANK and WORLD_SIZE set), `train` joins a process gro
 Processes() is the one process and every collective below returns what it was given.
 """
 import dataclasses
+import gc
 import inspect
 import os
 
@@ -59,6 +60,9 @@ class Processes:
 
     def close(self):
         if self.distributed and dist.is_initialized():
+            # FSDP's modules hold the process group in reference cycles: freed now, its gloo
+            # threads are joined here, not during interpreter shutdown (where they abort)
+            gc.collect()
             dist.destroy_process_group()
 
     def agree(self, step, *args, on=True):

@@ -327,13 +327,18 @@ def restore(run, resumed, processes, model):
 def train(args):
     processes = distributed.start(args.device)
     try:
-        with contextlib.ExitStack() as guard:
-            run, loaders, n_train, n_test = set_up(args, processes, guard)
-            if processes.is_main:
-                print_setup(run, args, processes, n_train, n_test)
-            train_epochs(run, loaders, args, processes)
+        train_in(processes, args)
     finally:
         processes.close()
+
+
+def train_in(processes, args):
+    """The whole run; the model and what holds the process group are gone when it returns."""
+    with contextlib.ExitStack() as guard:
+        run, loaders, n_train, n_test = set_up(args, processes, guard)
+        if processes.is_main:
+            print_setup(run, args, processes, n_train, n_test)
+        train_epochs(run, loaders, args, processes)
 
 
 def print_setup(run, args, processes, n_train, n_test):
