@@ -192,13 +192,13 @@ def _pad_sum(x, valid, offs, N: tl.constexpr):
 
 # ---- one-tile windows --------------------------------------------------------------------------
 
-@triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows", "groups"])
+@triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows"])
 def _fwd_window(
     QKV, OUT, TABLE, QKV_BIAS, LOGIT_SCALE,
     stride_qb, stride_ql, stride_qc,
     T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
     n_win_h, n_win_w, n_win_img,
-    n_windows, groups, scale, n_heads, head_dim,
+    n_windows, scale, n_heads, head_dim,
     WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -221,7 +221,7 @@ def _fwd_window(
     s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
     out_col = head * head_dim + offs_d
 
-    for w in range(group, n_windows, groups):
+    for w in range(group, n_windows, tl.num_programs(1)):
         image, token, valid, _ = _window_tokens(w, offs, geom, WT, WH, WW, False)
         rows = image * stride_qb + token.to(tl.int64) * stride_ql
         q = _load_head(QKV, rows, valid, col, dmask, no_fill)
@@ -239,13 +239,13 @@ def _fwd_window(
                  mask=valid[:, None] & dmask[None, :])
 
 
-@triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows", "groups"])
+@triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows"])
 def _bwd_window(
     QKV, DOUT, DQKV, TABLE, QKV_BIAS, LOGIT_SCALE, DBIAS, DPAD, DSCALE,
     stride_qb, stride_ql, stride_qc,
     T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
     n_win_h, n_win_w, n_win_img,
-    n_windows, groups, scale, n_heads, head_dim,
+    n_windows, scale, n_heads, head_dim,
     WT: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr,
     COSINE: tl.constexpr, PRECISION: tl.constexpr,
@@ -275,7 +275,7 @@ def _bwd_window(
     dk_pad = tl.zeros([BLOCK_D], tl.float32)
     dv_pad = tl.zeros([BLOCK_D], tl.float32)
     dscale = tl.zeros([BLOCK], tl.float32)
-    for w in range(group, n_windows, groups):
+    for w in range(group, n_windows, tl.num_programs(1)):
         image, token, valid, _ = _window_tokens(w, offs, geom, WT, WH, WW, False)
         rows = image * stride_qb + token.to(tl.int64) * stride_ql
         mask = valid[:, None] & dmask[None, :]
@@ -662,7 +662,7 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_hea
                                  mask_value)
         common.pop("HAS_BIAS")
         _fwd_window[(num_heads, groups)](
-            qkv, out, stats, *pointers[1:], *qkv.stride(), n_windows=n_windows, groups=groups,
+            qkv, out, stats, *pointers[1:], *qkv.stride(), n_windows=n_windows,
             num_warps=settings.fwd_warps, num_stages=settings.fwd_stages, **common)
     else:
         stats = qkv.new_empty(stats_shape(geometry, B, num_heads, settings), dtype=torch.float32)
@@ -697,7 +697,7 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
         dscale = torch.empty(groups, num_heads, **f32)
         _bwd_window[(num_heads, groups)](  # stats: the forward's bias and mask table
             qkv, dout, dqkv, stats, *pointers[1:], dbias, dpad, dscale, *qkv.stride(),
-            n_windows=n_windows, groups=groups, **common, **launch)
+            n_windows=n_windows, **common, **launch)
     else:
         n_blocks = triton.cdiv(n, meta["BLOCK"])
         n_padded = n_blocks * meta["BLOCK"]
