@@ -7,9 +7,9 @@ interpreter when TRITON_INTERPRET=1 (bfloat16 in float32 there), otherwise the e
 `not_supported_reasons` is the one check of what the kernels serve, for the op, the model families
 and `patch`; input it rejects runs the eager path with its reasons warned once. With
 SWIN_FUSED_STRICT=1 every fallback raises FallbackError instead.
-Two kernel generations: `kernel="v1" | "v2"`, or None for the SWIN_FUSED_KERNEL environment variable,
-else chosen by shape (resolve_kernel); v1 serves 2-D windows only, and 3-D input given to it falls
-back with that reason.
+Two kernel generations: `kernel="v1" | "v2"`, or None for the SWIN_FUSED_KERNEL environment
+variable, else chosen by shape (resolve_kernel); v1 serves 2-D windows only, and 3-D input given to
+it falls back with that reason.
 """
 import functools
 import importlib
@@ -80,7 +80,7 @@ def not_supported_reasons(window_size, shift_size, head_dim, *, dtype=None, devi
     if device is not None and device.type == "cpu":
         if os.environ.get("TRITON_INTERPRET") != "1":
             reasons.append("CPU tensors run the Triton kernels only with TRITON_INTERPRET=1")
-        elif problem := interpreter_problem(*_installed_versions()):
+        elif problem := _interpreter_problem_here():
             reasons.append(problem)
     if device is not None and device.type not in ("cpu", "cuda"):
         reasons.append(f"device {device.type} has no Triton backend here")
@@ -100,12 +100,19 @@ def interpreter_problem(triton_version, numpy_version):
     return None
 
 
+# a constant to torch.compile, which cannot trace importlib.metadata
+@torch.compiler.assume_constant_result
+def _interpreter_problem_here():
+    """interpreter_problem for the installed Triton and NumPy, read once."""
+    return _installed_interpreter_problem()
+
+
 @functools.lru_cache(maxsize=1)
-def _installed_versions():
+def _installed_interpreter_problem():
     import importlib.metadata
 
     import numpy
-    return importlib.metadata.version("triton"), numpy.__version__
+    return interpreter_problem(importlib.metadata.version("triton"), numpy.__version__)
 
 
 def resolve_kernel(kernel, n_windows=None, is_3d=False):
@@ -206,7 +213,7 @@ def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, s
                       roll_before_pad, attn_dropout, training, mask_value, kernel):
     """Both entry points, on (T, H, W) triples: the kernels, or the eager path with its reasons."""
     two_d = size[0] == 1 and window[0] == 1
-    n_windows = _geometry(size, window, shift, roll_before_pad).n_windows(qkv.shape[0])
+    n_windows = qkv.shape[0] * math.prod([-(-s // w) for s, w in zip(size, window)])
     kernel = resolve_kernel(kernel, n_windows, is_3d=not two_d)
     head_dim = qkv.shape[-1] // (3 * num_heads)
     scale = head_dim ** -0.5 if scale is None else float(scale)
