@@ -209,7 +209,7 @@ def test_timm_hook_on_attn_runs_the_block_eager_and_warns(name, monkeypatch):
         warnings.simplefilter("always")
         model(x)
     assert calls == [1] and launches == {"fwd": 3}
-    assert [str(w.message) for w in caught] == [
+    assert [str(w.message) for w in caught if "swin_fused" in str(w.message)] == [
         f"swin_fused: {type(block).__name__} has hooks on attn, which the fused forward does "
         "not call; running eager PyTorch"]
     monkeypatch.setenv("SWIN_FUSED_STRICT", "1")

@@ -276,7 +276,7 @@ def test_hook_on_a_skipped_module_runs_the_block_eager_and_warns(hooked, monkeyp
         warnings.simplefilter("always")
         got = model(x)
     assert calls == [1] and launches == {"fwd": 1}
-    assert [str(w.message) for w in caught] == [
+    assert [str(w.message) for w in caught if "swin_fused" in str(w.message)] == [
         f"swin_fused: FusedArticleBlockSubclass has hooks on {hooked}, which the fused forward "
         "does not call; running eager PyTorch"]
     assert_matches_unpatched([got], unpatched, x, run=lambda m, x: [m(x)])
