@@ -150,6 +150,29 @@ def _load_head(QKV, rows, valid, col, dmask, fill):
 
 
 @triton.jit
+def _head_columns(QKV_BIAS, LOGIT_SCALE, scale, head, n_heads, head_dim, stride_qc,
+                  BLOCK_D: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr):
+    """One head's view of qkv: head-dim offsets and mask, C (heads * head_dim), its q columns
+    (element offsets), a padded token's k and v (_fill) and the head's score scale."""
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < head_dim
+    C = n_heads * head_dim
+    col = (head * head_dim + offs_d) * stride_qc
+    k_fill = _fill(QKV_BIAS, C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
+    v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
+    s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
+    return offs_d, dmask, C, col, k_fill, v_fill, s_scale
+
+
+@triton.jit
+def _load_kv(QKV, rows, valid, col, c_offset, dmask, k_fill, v_fill):
+    """One head's k and v of a window's tokens: _load_head c_offset and 2 * c_offset past q."""
+    k = _load_head(QKV, rows, valid, col + c_offset, dmask, k_fill)
+    v = _load_head(QKV, rows, valid, col + 2 * c_offset, dmask, v_fill)
+    return k, v
+
+
+@triton.jit
 def _bias_tile(BIAS, head, offs_m, offs_n, N: tl.constexpr):
     """Rows offs_m, columns offs_n of the head's (N, N) bias; 0 past N."""
     mask = (offs_m < N)[:, None] & (offs_n < N)[None, :]
@@ -211,22 +234,17 @@ def _fwd_window(
     geom = (T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
             n_win_h, n_win_w, n_win_img)
     offs = tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < head_dim
-    C = n_heads * head_dim
-    col = (head * head_dim + offs_d) * stride_qc
+    offs_d, dmask, C, col, k_fill, v_fill, s_scale = _head_columns(
+        QKV_BIAS, LOGIT_SCALE, scale, head, n_heads, head_dim, stride_qc, BLOCK_D,
+        HAS_QKV_BIAS, COSINE)
     no_fill = tl.zeros([BLOCK_D], tl.float32)
-    k_fill = _fill(QKV_BIAS, C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
-    v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
-    s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
     out_col = head * head_dim + offs_d
 
     for w in range(group, n_windows, tl.num_programs(1)):
         image, token, valid, _ = _window_tokens(w, offs, geom, WT, WH, WW, False)
         rows = image * stride_qb + token.to(tl.int64) * stride_ql
         q = _load_head(QKV, rows, valid, col, dmask, no_fill)
-        k = _load_head(QKV, rows, valid, col + C * stride_qc, dmask, k_fill)
-        v = _load_head(QKV, rows, valid, col + 2 * C * stride_qc, dmask, v_fill)
+        k, v = _load_kv(QKV, rows, valid, col, C * stride_qc, dmask, k_fill, v_fill)
         if COSINE:
             q, _ = normalize_rows(q)
             k, _ = normalize_rows(k)
@@ -259,14 +277,10 @@ def _bwd_window(
     geom = (T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
             n_win_h, n_win_w, n_win_img)
     offs = tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < head_dim
-    C = n_heads * head_dim
-    col = (head * head_dim + offs_d) * stride_qc
+    offs_d, dmask, C, col, k_fill, v_fill, s_scale = _head_columns(
+        QKV_BIAS, LOGIT_SCALE, scale, head, n_heads, head_dim, stride_qc, BLOCK_D,
+        HAS_QKV_BIAS, COSINE)
     no_fill = tl.zeros([BLOCK_D], tl.float32)
-    k_fill = _fill(QKV_BIAS, C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
-    v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
-    s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
     out_col = head * head_dim + offs_d
     part = group * n_heads + head
     # a 64 x 64 fp32 sum in registers across windows spills at 4 warps (ptxas, sm_90)
@@ -280,8 +294,7 @@ def _bwd_window(
         rows = image * stride_qb + token.to(tl.int64) * stride_ql
         mask = valid[:, None] & dmask[None, :]
         q = _load_head(QKV, rows, valid, col, dmask, no_fill)
-        k = _load_head(QKV, rows, valid, col + C * stride_qc, dmask, k_fill)
-        v = _load_head(QKV, rows, valid, col + 2 * C * stride_qc, dmask, v_fill)
+        k, v = _load_kv(QKV, rows, valid, col, C * stride_qc, dmask, k_fill, v_fill)
         token_rows = image * (T * H * W) + token
         do = tl.load(DOUT + (token_rows * C)[:, None] + out_col[None, :], mask=mask, other=0.0)
         if COSINE:
@@ -360,13 +373,9 @@ def _fwd_tiled(
     geom = (T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
             n_win_h, n_win_w, n_win_img)
     offs_m = blk * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < head_dim
-    C = n_heads * head_dim
-    col = (head * head_dim + offs_d) * stride_qc
-    k_fill = _fill(QKV_BIAS, C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
-    v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
-    s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
+    offs_d, dmask, C, col, k_fill, v_fill, s_scale = _head_columns(
+        QKV_BIAS, LOGIT_SCALE, scale, head, n_heads, head_dim, stride_qc, BLOCK_D,
+        HAS_QKV_BIAS, COSINE)
 
     image, token_m, valid_m, label_m = _window_tokens(win, offs_m, geom, WT, WH, WW, True)
     base = image * stride_qb
@@ -381,8 +390,7 @@ def _fwd_tiled(
         offs_n = start_n + tl.arange(0, BLOCK)
         _, token_n, valid_n, label_n = _window_tokens(win, offs_n, geom, WT, WH, WW, True)
         rows_n = base + token_n.to(tl.int64) * stride_ql
-        k = _load_head(QKV, rows_n, valid_n, col + C * stride_qc, dmask, k_fill)
-        v = _load_head(QKV, rows_n, valid_n, col + 2 * C * stride_qc, dmask, v_fill)
+        k, v = _load_kv(QKV, rows_n, valid_n, col, C * stride_qc, dmask, k_fill, v_fill)
         if COSINE:
             k, _ = normalize_rows(k)
         bias = 0.0
@@ -426,14 +434,10 @@ def _bwd_dq_tiled(
     geom = (T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
             n_win_h, n_win_w, n_win_img)
     offs_m = blk * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < head_dim
-    C = n_heads * head_dim
-    col = (head * head_dim + offs_d) * stride_qc
+    offs_d, dmask, C, col, k_fill, v_fill, s_scale = _head_columns(
+        QKV_BIAS, LOGIT_SCALE, scale, head, n_heads, head_dim, stride_qc, BLOCK_D,
+        HAS_QKV_BIAS, COSINE)
     out_col = head * head_dim + offs_d
-    k_fill = _fill(QKV_BIAS, C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
-    v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
-    s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
 
     image, token_m, valid_m, label_m = _window_tokens(win, offs_m, geom, WT, WH, WW, True)
     base = image * stride_qb
@@ -455,8 +459,7 @@ def _bwd_dq_tiled(
         offs_n = start_n + tl.arange(0, BLOCK)
         _, token_n, valid_n, label_n = _window_tokens(win, offs_n, geom, WT, WH, WW, True)
         rows_n = base + token_n.to(tl.int64) * stride_ql
-        k = _load_head(QKV, rows_n, valid_n, col + C * stride_qc, dmask, k_fill)
-        v = _load_head(QKV, rows_n, valid_n, col + 2 * C * stride_qc, dmask, v_fill)
+        k, v = _load_kv(QKV, rows_n, valid_n, col, C * stride_qc, dmask, k_fill, v_fill)
         if COSINE:
             k, _ = normalize_rows(k)
         bias = 0.0
@@ -495,15 +498,11 @@ def _bwd_dkdv_tiled(
     geom = (T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
             n_win_h, n_win_w, n_win_img)
     offs_n = blk * BLOCK + tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, BLOCK_D)
-    dmask = offs_d < head_dim
-    C = n_heads * head_dim
-    col = (head * head_dim + offs_d) * stride_qc
+    offs_d, dmask, C, col, k_fill, v_fill, s_scale = _head_columns(
+        QKV_BIAS, LOGIT_SCALE, scale, head, n_heads, head_dim, stride_qc, BLOCK_D,
+        HAS_QKV_BIAS, COSINE)
     out_col = head * head_dim + offs_d
     no_fill = tl.zeros([BLOCK_D], tl.float32)
-    k_fill = _fill(QKV_BIAS, C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
-    v_fill = _fill(QKV_BIAS, 2 * C + head * head_dim, offs_d, dmask, BLOCK_D, HAS_QKV_BIAS)
-    s_scale = _head_scale(scale, LOGIT_SCALE, head, COSINE)
     stripe = DBIAS + (group * n_heads + head).to(tl.int64) * NP * NP + offs_n[None, :]
 
     dk_pad = tl.zeros([BLOCK_D], tl.float32)
@@ -513,8 +512,7 @@ def _bwd_dkdv_tiled(
         image, token_n, valid_n, label_n = _window_tokens(w, offs_n, geom, WT, WH, WW, True)
         base = image * stride_qb
         rows_n = base + token_n.to(tl.int64) * stride_ql
-        k = _load_head(QKV, rows_n, valid_n, col + C * stride_qc, dmask, k_fill)
-        v = _load_head(QKV, rows_n, valid_n, col + 2 * C * stride_qc, dmask, v_fill)
+        k, v = _load_kv(QKV, rows_n, valid_n, col, C * stride_qc, dmask, k_fill, v_fill)
         if COSINE:
             k, k_norm = normalize_rows(k)
         row = tl.cast(w, tl.int64) * n_heads + head
