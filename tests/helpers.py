@@ -111,6 +111,39 @@ def kernel_launches():
                    if n > before.get(k, 0)})
 
 
+def op_grads(fn, qkv, params, config, dout):
+    """fn(qkv, **config, **params): its output, then the gradients of qkv and of each parameter
+    that is not None, for the output gradient dout."""
+    leaves = [t.detach().requires_grad_() for t in [qkv, *params.values()] if t is not None]
+    rest = iter(leaves[1:])
+    kwargs = {k: (next(rest) if v is not None else None) for k, v in params.items()}
+    out = fn(leaves[0], **config, **kwargs)
+    return [out] + list(torch.autograd.grad(out, leaves, dout.to(out.dtype)))
+
+
+def as_float64(params):
+    return {k: (v.double() if v is not None else None) for k, v in params.items()}
+
+
+def grad_names(params):
+    """The names of what op_grads returns."""
+    return ["out", "dqkv"] + [f"d{k}" for k, v in params.items() if v is not None]
+
+
+def assert_fused_as_accurate_as_eager(fused, eager, qkv, params, config, dout, label):
+    """The fused op (one forward and one backward launch) and eager in qkv's dtype, against eager
+    in float64: the output and every gradient. Returns the fused op's."""
+    with kernel_launches() as launches:
+        got = op_grads(fused, qkv, params, config, dout)
+    assert launches == {"fwd": 1, "bwd": 1}
+    same_dtype = op_grads(eager, qkv, params, config, dout)
+    expected = op_grads(eager, qkv.double(), as_float64(params), config, dout.double())
+    for name, g, e, ref in zip(grad_names(params), got, same_dtype, expected):
+        assert g.dtype == e.dtype, f"{label} {name}: {g.dtype} != eager's {e.dtype}"
+        assert_as_accurate_as_eager(g, e, ref, qkv.dtype, f"{label} {name}")
+    return got
+
+
 def joined_output(out):
     """A model's output as one flat tensor: a tensor, or the tensors in a list, tuple or dict
     (a Hugging Face ModelOutput) flattened and joined; anything else (sizes, None) left out."""

@@ -10,8 +10,9 @@ import swin_fused
 from swin_fused import ops
 from swin_fused.eager import window_attention_eager
 from tests.conftest import DEVICE
-from tests.helpers import (ON_GPU, assert_as_accurate_as_eager, kernel_launches,
-                           relative_error)
+from tests.helpers import (ON_GPU, as_float64, assert_as_accurate_as_eager,
+                           assert_fused_as_accurate_as_eager, grad_names, kernel_launches,
+                           op_grads, relative_error)
 
 pytestmark = pytest.mark.usefixtures("kernel_generation")
 
@@ -51,46 +52,11 @@ def make_inputs(B, H, W, heads, head_dim, window, shift, qkv_bias, cosine, roll_
     return qkv, params, config, rand(B, H * W, c)
 
 
-def run(fn, qkv, params, config, dout):
-    """Output and gradients of (qkv, rel_bias, qkv_bias, logit_scale) for a given output gradient."""
-    leaves = [qkv] + [t for t in params.values() if t is not None]
-    leaves = [t.detach().requires_grad_() for t in leaves]
-    qkv, rest = leaves[0], iter(leaves[1:])
-    kwargs = {k: (next(rest) if v is not None else None) for k, v in params.items()}
-    out = fn(qkv, config["H"], config["W"], config["num_heads"], config["window_size"],
-             config["shift_size"], roll_before_pad=config["roll_before_pad"], **kwargs)
-    grads = torch.autograd.grad(out, leaves, dout.to(out.dtype))
-    return [out] + list(grads)
-
-
-def reference(qkv, params, config, dout):
-    as64 = {k: (v.double() if v is not None else None) for k, v in params.items()}
-    return run(window_attention_eager, qkv.double(), as64, config, dout.double())
-
-
-GRAD_NAMES = ["out", "dqkv", "drel_bias", "dqkv_bias", "dlogit_scale"]
-
-
-def grad_names(params):
-    return [n for n, p in zip(GRAD_NAMES, [1, 1] + list(params.values())) if p is not None]
-
-
-def assert_fused_as_accurate_as_eager(qkv, params, config, dout, label):
-    """Fused and eager in qkv's dtype against float64: the output and every gradient."""
-    with kernel_launches() as launches:
-        got = run(swin_fused.window_attention, qkv, params, config, dout)
-    assert launches == {"fwd": 1, "bwd": 1}
-    eager = run(window_attention_eager, qkv, params, config, dout)
-    expected = reference(qkv, params, config, dout)
-    for name, g, e, ref in zip(grad_names(params), got, eager, expected):
-        assert g.dtype == e.dtype, f"{label} {name}: {g.dtype} != eager's {e.dtype}"
-        assert_as_accurate_as_eager(g, e, ref, qkv.dtype, f"{label} {name}")
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_fp32_matches_eager(case):
     qkv, params, config, dout = make_inputs(*CASES[case])
-    assert_fused_as_accurate_as_eager(qkv, params, config, dout, case)
+    assert_fused_as_accurate_as_eager(swin_fused.window_attention, window_attention_eager, qkv,
+                                      params, config, dout, case)
 
 
 # bf16 on a CPU runs the kernels in float32: the interpreter's bf16 tl.dot is wrong
@@ -98,17 +64,19 @@ def test_fp32_matches_eager(case):
 @pytest.mark.parametrize("case", ["pad-shift", "cosine-roll-before-pad-rect", "tiled-window-9x9"])
 def test_half_precision_as_accurate_as_eager(case, dtype):
     qkv, params, config, dout = make_inputs(*CASES[case], dtype=dtype)
-    assert_fused_as_accurate_as_eager(qkv, params, config, dout, f"{case} {dtype}")
+    assert_fused_as_accurate_as_eager(swin_fused.window_attention, window_attention_eager, qkv,
+                                      params, config, dout, f"{case} {dtype}")
 
 
 @pytest.mark.skipif(not ON_GPU, reason="autocast to bf16 needs a GPU (the interpreter's bf16 dot)")
 def test_autocast_bf16_matches_eager():
     qkv, params, config, dout = make_inputs(*CASES["pad-shift"])
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        got = run(swin_fused.window_attention, qkv.bfloat16(), params, config, dout)
-        eager = run(window_attention_eager, qkv.bfloat16(), params, config, dout)
-    expected = reference(qkv.bfloat16(), params, config, dout)
-    for name, g, e, ref in zip(GRAD_NAMES, got, eager, expected):
+        got = op_grads(swin_fused.window_attention, qkv.bfloat16(), params, config, dout)
+        eager = op_grads(window_attention_eager, qkv.bfloat16(), params, config, dout)
+    expected = op_grads(window_attention_eager, qkv.bfloat16().double(), as_float64(params),
+                        config, dout.double())
+    for name, g, e, ref in zip(grad_names(params), got, eager, expected):
         assert_as_accurate_as_eager(g, e, ref, torch.bfloat16, f"autocast {name}")
 
 
@@ -125,17 +93,10 @@ def test_mask_value_between_regions(case):
     outs = []
     for mask_value in (-100.0, -200.0):
         options = dict(scale=25.0, mask_value=mask_value)
-        with kernel_launches() as launches:
-            got = run(functools.partial(swin_fused.window_attention, **options), qkv, params,
-                      config, dout)
-        assert launches == {"fwd": 1, "bwd": 1}
-        eager = run(functools.partial(window_attention_eager, **options), qkv, params, config,
-                    dout)
-        as64 = {k: (v.double() if v is not None else None) for k, v in params.items()}
-        expected = run(functools.partial(window_attention_eager, **options), qkv.double(), as64,
-                       config, dout.double())
-        for name, g, e, ref in zip(grad_names(params), got, eager, expected):
-            assert_as_accurate_as_eager(g, e, ref, torch.float32, f"{case} {mask_value} {name}")
+        got = assert_fused_as_accurate_as_eager(
+            functools.partial(swin_fused.window_attention, **options),
+            functools.partial(window_attention_eager, **options), qkv, params, config, dout,
+            f"{case} {mask_value}")
         outs.append(got[0])
     assert relative_error(outs[1], outs[0]) > 1e-2, "the mask value made no difference"
 
@@ -160,10 +121,10 @@ def test_custom_op_route_equals_direct_route(case, kernel_generation):
     if ON_GPU and kernel_generation == "v1" and case.startswith("tiled"):
         pytest.skip("v1 adds a tiled window's bias gradient with atomics: not bitwise repeatable")
     qkv, params, config, dout = make_inputs(*CASES[case])
-    direct = run(swin_fused.window_attention, qkv, params, config, dout)
+    direct = op_grads(swin_fused.window_attention, qkv, params, config, dout)
     with kernel_launches() as launches, _PassThrough():
         assert not ops._direct(qkv)
-        routed = run(swin_fused.window_attention, qkv, params, config, dout)
+        routed = op_grads(swin_fused.window_attention, qkv, params, config, dout)
     assert launches == {"fwd": 1, "bwd": 1}
     for name, a, b in zip(grad_names(params), direct, routed):
         assert torch.equal(a, b), name
@@ -236,8 +197,8 @@ def test_every_tensor_argument_takes_any_strides():
 def test_empty_batch_in_both_directions():
     qkv, params, config, dout = make_inputs(*CASES["cosine-roll-before-pad-rect"])
     qkv, dout = qkv[:0], dout[:0]
-    got = run(swin_fused.window_attention, qkv, params, config, dout)
-    expected = run(window_attention_eager, qkv, params, config, dout)
+    got = op_grads(swin_fused.window_attention, qkv, params, config, dout)
+    expected = op_grads(window_attention_eager, qkv, params, config, dout)
     for name, g, e in zip(grad_names(params), got, expected):
         assert g.shape == e.shape and torch.equal(g, torch.zeros_like(g)), name
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import swin_fused
 from swin_fused.eager import window_attention_eager, window_attention_eager_3d
 from tests.conftest import DEVICE
-from tests.helpers import assert_as_accurate_as_eager, assert_close, kernel_launches
+from tests.helpers import assert_close, assert_fused_as_accurate_as_eager
 
 # (B, T, H, W, heads, head_dim, window, shift, rel_bias, qkv_bias, cosine, roll_before_pad)
 CASES = {
@@ -47,41 +47,11 @@ def make_inputs(B, T, H, W, heads, head_dim, window, shift, rel_bias, qkv_bias, 
     return qkv, params, config, rand(B, T * H * W, c)
 
 
-def run(fn, qkv, params, config, dout):
-    """Output and gradients of qkv and of each parameter given, for an output gradient."""
-    leaves = [qkv] + [t for t in params.values() if t is not None]
-    leaves = [t.detach().requires_grad_() for t in leaves]
-    qkv, rest = leaves[0], iter(leaves[1:])
-    kwargs = {k: (next(rest) if v is not None else None) for k, v in params.items()}
-    out = fn(qkv, **config, **kwargs)
-    return [out] + list(torch.autograd.grad(out, leaves, dout.to(out.dtype)))
-
-
-def reference(qkv, params, config, dout):
-    as64 = {k: (v.double() if v is not None else None) for k, v in params.items()}
-    return run(window_attention_eager_3d, qkv.double(), as64, config, dout.double())
-
-
-def names(params):
-    return ["out", "dqkv"] + [f"d{k}" for k, v in params.items() if v is not None]
-
-
-def assert_fused_as_accurate_as_eager(qkv, params, config, dout, label):
-    """Fused and eager in qkv's dtype against float64: the output and every gradient."""
-    with kernel_launches() as launches:
-        got = run(swin_fused.window_attention_3d, qkv, params, config, dout)
-    assert launches == {"fwd": 1, "bwd": 1}
-    eager = run(window_attention_eager_3d, qkv, params, config, dout)
-    expected = reference(qkv, params, config, dout)
-    for name, g, e, ref in zip(names(params), got, eager, expected):
-        assert g.dtype == e.dtype, f"{label} {name}: {g.dtype} != eager's {e.dtype}"
-        assert_as_accurate_as_eager(g, e, ref, qkv.dtype, f"{label} {name}")
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_fp32_matches_eager(case):
     qkv, params, config, dout = make_inputs(*CASES[case])
-    assert_fused_as_accurate_as_eager(qkv, params, config, dout, case)
+    assert_fused_as_accurate_as_eager(swin_fused.window_attention_3d, window_attention_eager_3d,
+                                      qkv, params, config, dout, case)
 
 
 # bf16 on a CPU runs the kernels in float32: the interpreter's bf16 tl.dot is wrong
@@ -89,7 +59,8 @@ def test_fp32_matches_eager(case):
 @pytest.mark.parametrize("case", ["2x3x3-pads-and-shifts-every-axis", "tiled-72-tokens"])
 def test_half_precision_as_accurate_as_eager(case, dtype):
     qkv, params, config, dout = make_inputs(*CASES[case], dtype=dtype)
-    assert_fused_as_accurate_as_eager(qkv, params, config, dout, f"{case} {dtype}")
+    assert_fused_as_accurate_as_eager(swin_fused.window_attention_3d, window_attention_eager_3d,
+                                      qkv, params, config, dout, f"{case} {dtype}")
 
 
 def test_v1_refuses_3d_with_its_reason(monkeypatch):
