@@ -11,6 +11,7 @@ Two kernel generations: `kernel="v1" | "v2"`, or None for the SWIN_FUSED_KERNEL 
 variable, else chosen by shape (resolve_kernel); v1 serves 2-D windows only, and 3-D input given to
 it falls back with that reason.
 """
+import contextlib
 import functools
 import importlib
 import math
@@ -43,12 +44,26 @@ def strict_mode():
 
 
 _warned = set()
+_quiet = []
+
+
+@contextlib.contextmanager
+def fallbacks_quiet():
+    """Fallbacks inside the block neither warn nor raise: patch's check runs the fused path on a
+    device that may not run the kernels yet (a model patched on the CPU, then moved)."""
+    _quiet.append(True)
+    try:
+        yield
+    finally:
+        _quiet.pop()
 
 
 # torch.compile runs this while tracing, not in the graph: dynamo cannot trace warnings.warn
 @torch.compiler.assume_constant_result
 def fallback(reason):
     """Announce a fallback to eager PyTorch: once per reason, or as an error in strict mode."""
+    if _quiet:
+        return
     if strict_mode():
         raise FallbackError(f"swin_fused: {reason} (SWIN_FUSED_STRICT is set)")
     if reason not in _warned:
@@ -212,6 +227,7 @@ def window_attention_3d(qkv, T, H, W, num_heads, window_size, shift_size=0, *, r
 def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, scale, logit_scale,
                       roll_before_pad, attn_dropout, training, mask_value, kernel):
     """Both entry points, on (T, H, W) triples: the kernels, or the eager path with its reasons."""
+    size = tuple(int(s) for s in size)  # torch.jit.trace gives sizes as tensors: fixed in a trace
     two_d = size[0] == 1 and window[0] == 1
     n_windows = qkv.shape[0] * math.prod([-(-s // w) for s, w in zip(size, window)])
     kernel = resolve_kernel(kernel, n_windows, is_3d=not two_d)
@@ -244,11 +260,12 @@ def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, s
 
 
 def _direct(*tensors):
-    """Plain tensors outside torch.compile, dispatch modes and torch.func transforms: call the
-    kernels directly. A custom op's dispatch costs more host time than the kernels take at Swin's
-    smaller stages; compilation, fake and other tensor subclasses, dispatch modes and transforms
-    see the custom ops."""
-    return (not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0
+    """Plain tensors outside torch.compile, torch.jit.trace, dispatch modes and torch.func
+    transforms: call the kernels directly. A custom op's dispatch costs more host time than the
+    kernels take at Swin's smaller stages; compilation, tracing, fake and other tensor subclasses,
+    dispatch modes and transforms see the custom ops."""
+    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and torch._C._len_torch_dispatch_stack() == 0
             and not torch._C._are_functorch_transforms_active()
             and all(t is None or type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors))
 

@@ -9,13 +9,21 @@ module pickles as the class it was made from plus a marker, so any subclass load
 process too), copy.deepcopy, DataParallel replicas, FSDP2, checkpointing, torch.compile,
 torch.export, FX.
 An FX graph that calls torchvision's `shifted_window_attention(_3d)` is patched by swapping its
-calls.
+calls. torch.jit.script refuses a fused module (SCRIPT_REFUSAL); torch.jit.trace records the op.
+
+A module is fused only where its code is what the adapter reproduces: the adapter recognises its
+attributes and signature (`unrecognised`), no class between the module's class and the library's
+defines a method the fused path replaces or no longer calls (the family's REPLACED), every
+submodule the fused path skips runs the library's own forward, and the fused method computes what
+the module's own does on a small input (swin_fused.verification, unless verify=False). Any other
+module keeps its own code, with the reasons warned (an error in strict mode).
 """
 import importlib
 import logging
 
 import torch
 
+from swin_fused import verification
 from swin_fused.ops import fallback
 
 FAMILIES = ("article", "torchvision", "torchvision_video", "timm", "monai", "huggingface")
@@ -26,10 +34,19 @@ def _families():
     return [importlib.import_module(f"swin_fused.families.{name}") for name in FAMILIES]
 
 
+SCRIPT_REFUSAL = ("swin_fused: torch.jit.script cannot hold {}'s fused Triton attention; script "
+                  "swin_fused.unpatch(model) (the eager model), or use torch.export or "
+                  "torch.jit.trace, which record the fused op")
+
+
 class FusedModule:
     """Base of every fused class; `unfused_class` is the class it was made from."""
 
     unfused_class = None
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this on every submodule before it compiles any
+        raise RuntimeError(SCRIPT_REFUSAL.format(self.unfused_class.__name__))
 
     def __reduce_ex__(self, protocol):
         # pickled as the unfused class, which has an importable name, plus the marker to fuse it
@@ -100,13 +117,57 @@ def _swap_graph_calls(model, swaps):
         model.recompile()
 
 
-def patch(model):
+def _from_library(cls, family):
+    return cls.__module__ == family.LIBRARY or cls.__module__.startswith(family.LIBRARY + ".")
+
+
+def _overrides(cls, family):
+    """Reasons: the classes between `cls` and the library's own that define a method the fused
+    path replaces or no longer calls."""
+    reasons = []
+    for klass in cls.__mro__:
+        if _from_library(klass, family):
+            break
+        reasons += [f"{klass.__qualname__} overrides {name}, which the fused path "
+                    f"{'replaces' if name == family.METHOD else 'no longer calls'}"
+                    for name in family.REPLACED if name in vars(klass)]
+    return reasons
+
+
+def _foreign_skipped(module, family):
+    """Reasons: submodules the fused path no longer calls whose forward is not the library's or
+    torch's own."""
+    reasons = []
+    skipped = family.skipped(module) if hasattr(family, "skipped") else {}
+    for name, sub in skipped.items():
+        owner = next(k for k in type(sub).__mro__ if "forward" in vars(k))
+        if not (_from_library(owner, family) or owner.__module__.startswith("torch.")):
+            reasons.append(f"{name} runs {owner.__qualname__}.forward, which the fused path "
+                           "does not call")
+    return reasons
+
+
+def _eager_reasons(module, family):
+    """Every reason `module` keeps its own code, before the check; empty when it can be fused."""
+    reasons = family.unrecognised(module)
+    if reasons:
+        return reasons
+    return (family.unsupported(module) + _overrides(type(module), family)
+            + _foreign_skipped(module, family))
+
+
+def patch(model, *, verify=True):
     """Replace the shifted-window attention of every Swin block in `model` with the fused op.
 
-    Returns the model. Idempotent. A block the kernels cannot serve keeps its own forward, with the
-    reasons warned (an error under SWIN_FUSED_STRICT=1). Raises ValueError when the model has no
-    block of a supported family (the article's reference model, torchvision's image and video
-    Swin, timm, MONAI's SwinUNETR, Hugging Face's Swin, Swinv2, DonutSwin and MaskFormerSwin).
+    Returns the model. Idempotent. A layer keeps its own code, with the reasons warned (an error
+    under SWIN_FUSED_STRICT=1), where the kernels cannot serve its configuration, where its code
+    is not what the adapter reproduces (an attribute or signature it does not recognise, a
+    subclass's override of a method the fused path replaces), or where the fused method disagrees
+    with the layer's own on a small input: `verify` checks each distinct layer configuration once,
+    at patch time, on the layer's device and dtype (swin_fused.verification); verify=False skips
+    that check. Raises ValueError when the model has no block of a supported family (the
+    article's reference model, torchvision's image and video Swin, timm, MONAI's SwinUNETR,
+    Hugging Face's Swin, Swinv2, DonutSwin and MaskFormerSwin).
     """
     fused, kept = 0, 0
     for family in _families():
@@ -117,12 +178,18 @@ def patch(model):
             if isinstance(module, FusedModule):
                 fused += 1
                 continue
-            reasons = family.unsupported(module)
+            reasons = _eager_reasons(module, family)
+            if not reasons:
+                module.__class__ = _fused_class(type(module))
+                disagreement = verification.disagreement(family, module) if verify else None
+                if disagreement:
+                    module.__class__ = module.unfused_class
+                    reasons = [disagreement]
             if reasons:
-                fallback(f"{type(module).__name__} keeps its own forward: {'; '.join(reasons)}")
+                fallback(f"{type(module).__name__} keeps its own {family.METHOD}: "
+                         f"{'; '.join(reasons)}")
                 kept += 1
                 continue
-            module.__class__ = _fused_class(type(module))
             fused += 1
     swaps = _functionals()
     _swap_graph_calls(model, swaps)

@@ -10,31 +10,14 @@ fraction of its terms (timm V2's logit_scale at batch 1) measures neither: test 
 """
 import contextlib
 import copy
-import math
-from typing import NamedTuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from swin_fused.verification import TOLERANCES, error_bound, joined, relative_error
 from tests.conftest import DEVICE
 
 ON_GPU = DEVICE == "cuda"
-
-
-class Tolerance(NamedTuple):
-    ratio: float  # times the eager error
-    floor: float  # relative to the reference's largest magnitude
-
-
-# per compute dtype; errors are max |x - reference| / max |reference|
-TOLERANCES = {
-    # fp32: a gradient that is one long cancelling sum (a V2 model's logit scale) is off by up to
-    # 7e-5 in fused and eager alike, on any CPU, so eager's error is no bound alone; TF32 is ~5e-4
-    torch.float32: Tolerance(ratio=2.0, floor=1e-4),
-    torch.float16: Tolerance(ratio=2.0, floor=2e-3),
-    torch.bfloat16: Tolerance(ratio=2.0, floor=1e-2),
-    torch.float64: Tolerance(ratio=2.0, floor=1e-10),
-}
 
 
 def assert_close(actual, expected, rtol, name="tensor"):
@@ -49,12 +32,6 @@ def assert_close(actual, expected, rtol, name="tensor"):
     assert err.max() <= rtol * scale, (
         f"{name}: max error {err.max():.3e} > {rtol:.1e} * scale {scale:.3e}; "
         f"{_worst(actual, expected)}")
-
-
-def relative_error(actual, reference):
-    """max |actual - reference| / max |reference|, in float64."""
-    actual, reference = actual.detach().double().cpu(), reference.detach().double().cpu()
-    return ((actual - reference).abs().max() / reference.abs().max().clamp_min(1e-30)).item()
 
 
 def _worst(actual, reference):
@@ -72,13 +49,10 @@ def assert_as_accurate_as_eager(fused, eager, reference, dtype, name="tensor"):
     assert torch.isfinite(fused).all(), f"{name}: non-finite values"
     if reference.numel() == 0:
         return
-    tol = TOLERANCES[dtype]
-    err = relative_error(fused, reference)
-    eager_err = relative_error(eager, reference) if eager is not None else math.nan
-    bound = tol.ratio * eager_err + tol.floor if math.isfinite(eager_err) else tol.floor
+    err, bound = relative_error(fused, reference), error_bound(eager, reference, dtype)
     assert err <= bound, (
-        f"{name} ({dtype}): error {err:.3e} > {tol.ratio} x eager's {eager_err:.3e} + "
-        f"{tol.floor:.0e}; {_worst(fused, reference)}")
+        f"{name} ({dtype}): error {err:.3e} > {bound:.3e}, {TOLERANCES[dtype].ratio} x eager's "
+        f"error + {TOLERANCES[dtype].floor:.0e}; {_worst(fused, reference)}")
 
 
 def randomized(model):
@@ -144,23 +118,11 @@ def assert_fused_as_accurate_as_eager(fused, eager, qkv, params, config, dout, l
     return got
 
 
-def joined_output(out):
-    """A model's output as one flat tensor: a tensor, or the tensors in a list, tuple or dict
-    (a Hugging Face ModelOutput) flattened and joined; anything else (sizes, None) left out."""
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        parts = [joined_output(t) for t in out]
-        parts = [t.flatten() for t in parts if t is not None]
-        return torch.cat(parts) if parts else None
-    return out if isinstance(out, torch.Tensor) else None
-
-
 def output_and_grads(model, x):
     """The joined output of `model` for x and the gradient of every parameter, {name: grad}, for
     the loss sum(out * g), g a fixed random tensor of the output's shape."""
     model.zero_grad(set_to_none=True)
-    out = joined_output(model(x))
+    out = joined(model(x))
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(out.numel()))
     (out * g.to(out)).sum().backward()
     return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}

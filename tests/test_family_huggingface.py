@@ -9,6 +9,7 @@ and shift 3 on its 5x6 stage 2. Random non-zero biases, bias tables, logit scale
 the clamp and norm weights.
 """
 import copy
+import functools
 import math
 import re
 import warnings
@@ -21,7 +22,7 @@ from swin_fused import patching
 from swin_fused.families import huggingface
 from tests.conftest import DEVICE
 from tests.helpers import (assert_as_accurate_as_eager, assert_patched_matches_unpatched,
-                           assert_patched_runs_no_eager_shuffles, joined_output, kernel_launches)
+                           assert_patched_runs_no_eager_shuffles, joined, kernel_launches)
 
 transformers = pytest.importorskip(
     "transformers", reason="Hugging Face transformers is not installed: pip install transformers")
@@ -175,8 +176,102 @@ def test_swinv2_adds_its_mask_twice():
 def test_half_precision(name, dtype):
     model = swin_fused.patch(build(name, dtype))
     with kernel_launches() as launches:
-        out = joined_output(model(image(dtype)))
+        out = joined(model(image(dtype)))
     assert launches == {"fwd": 4}
-    half = joined_output(build(name, dtype)(image(dtype)))
-    exact = joined_output(build(name, torch.float64)(image(torch.float64)))
+    half = joined(build(name, dtype)(image(dtype)))
+    exact = joined(build(name, torch.float64)(image(torch.float64)))
     assert_as_accurate_as_eager(out, half, exact, dtype, f"{dtype} output")
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_layer_is_recognised(name):
+    assert [huggingface.unrecognised(m) for m in layers(build(name))] == [[]] * 4
+
+
+def _without(path):
+    """Deletes the dotted attribute `path` of a layer."""
+    def delete(layer):
+        owner, _, name = path.rpartition(".")
+        delattr(layer.get_submodule(owner), name)
+    return delete
+
+
+def _with_donut_attention(layer):
+    # transformers 4's SwinLayer layout: attention.self (query, key, value, bias table), .output
+    layer.attention = layers(donut_swin())[0].attention
+
+
+@pytest.mark.parametrize("name, change, missing", [
+    ("swin", _without("attention.o_proj"), "attention.o_proj"),
+    ("swin", _with_donut_attention, "attention.q_proj"),
+    ("swinv2", _without("attention.self.logit_scale"), "attention.self.logit_scale"),
+    ("maskformer-swin", _without("attention.self.relative_position_bias_table"),
+     "attention.self.relative_position_bias_table"),
+])
+def test_a_layer_without_its_layout_is_unrecognised(name, change, missing):
+    layer = layers(build(name))[1]
+    change(layer)
+    reasons = huggingface.unrecognised(layer)
+    assert len(reasons) == 1 and missing in reasons[0] and "fused path reads" in reasons[0]
+
+
+def test_a_forward_with_other_parameters_is_unrecognised():
+    from transformers.models.swin.modeling_swin import SwinLayer
+
+    class OldSwinLayer(SwinLayer):
+        # transformers 4's SwinLayer.forward takes head_mask and output_attentions
+        def forward(self, hidden_states, input_dimensions, head_mask=None,
+                    output_attentions=False, always_partition=False):
+            return super().forward(hidden_states, input_dimensions, always_partition)
+
+    layer = layers(build("swin"))[1]
+    layer.__class__ = OldSwinLayer
+    reasons = huggingface.unrecognised(layer)
+    assert len(reasons) == 1 and "OldSwinLayer.forward takes" in reasons[0]
+    assert "head_mask" in reasons[0]
+
+
+def test_a_wrapped_window_partition_is_unrecognised(monkeypatch):
+    from transformers.models.donut import modeling_donut_swin
+    original = modeling_donut_swin.window_partition
+    monkeypatch.setattr(modeling_donut_swin, "window_partition",
+                        functools.wraps(original)(lambda *args: original(*args)))
+    reasons = huggingface.unrecognised(layers(build("donut-swin"))[0])
+    assert len(reasons) == 1 and "modeling_donut_swin.window_partition is not" in reasons[0]
+
+
+def test_another_attention_function_is_unrecognised(monkeypatch):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    monkeypatch.setitem(transformers.AttentionInterface._global_mapping, "my_attention",
+                        sdpa_attention_forward)
+    reasons = huggingface.unrecognised(layers(build("swin", attn_implementation="my_attention"))[0])
+    assert len(reasons) == 1 and "'my_attention' attention function" in reasons[0]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sample_runs_the_layers_forward_and_leaves_it_as_it_was(name):
+    for layer in layers(build(name)):
+        before = vars(layer).copy()
+        rng = torch.get_rng_state()
+        with torch.no_grad(), huggingface.sample(layer) as args:
+            tokens, (height, width) = args
+            out = type(layer).forward(layer, *args)
+        assert vars(layer) == before and torch.equal(torch.get_rng_state(), rng)
+        assert out[0].shape == tokens.shape and tokens.shape[:2] == (1, height * width)
+        assert (tokens.dtype, tokens.device.type) == (torch.float32, DEVICE)
+        assert height % layer.window_size and width % layer.window_size, "the layer pads"
+
+
+def test_sample_restores_what_the_forward_changed():
+    from transformers.models.swin.modeling_swin import SwinLayer
+
+    class Unshifted(SwinLayer):
+        def set_shift_and_window_size(self, input_resolution):
+            self.shift_size = 0
+
+    layer = layers(build("swin"))[1]
+    layer.__class__ = Unshifted
+    with torch.no_grad(), huggingface.sample(layer) as args:
+        type(layer).forward(layer, *args)
+        assert layer.shift_size == 0
+    assert layer.shift_size == 2

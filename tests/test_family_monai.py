@@ -21,7 +21,7 @@ from swin_fused import patching
 from swin_fused.families import monai as monai_family
 from tests.conftest import DEVICE
 from tests.helpers import (assert_as_accurate_as_eager, assert_patched_matches_unpatched,
-                           assert_patched_runs_no_eager_shuffles, joined_output, kernel_launches)
+                           assert_patched_runs_no_eager_shuffles, joined, kernel_launches)
 
 pytest.importorskip("monai", reason="MONAI is not installed: pip install monai einops")
 pytest.importorskip("einops", reason="MONAI's SwinUNETR needs einops: pip install einops")
@@ -135,8 +135,8 @@ def test_half_precision(dtype):
     reference = backbone_3d(False)
     model = swin_fused.patch(copy.deepcopy(reference).to(dtype))
     with kernel_launches() as launches:
-        out = joined_output(model(volume().to(dtype)))
+        out = joined(model(volume().to(dtype)))
     assert launches == {"fwd": 8}
-    half = joined_output(copy.deepcopy(reference).to(dtype)(volume().to(dtype)))
-    exact = joined_output(copy.deepcopy(reference).double()(volume().double()))
+    half = joined(copy.deepcopy(reference).to(dtype)(volume().to(dtype)))
+    exact = joined(copy.deepcopy(reference).double()(volume().double()))
     assert_as_accurate_as_eager(out, half, exact, dtype, f"{dtype} output")

@@ -16,7 +16,7 @@ from swin_fused import patching
 from swin_fused.families import torchvision_video
 from tests.conftest import DEVICE
 from tests.helpers import (assert_as_accurate_as_eager, assert_patched_matches_unpatched,
-                           assert_patched_runs_no_eager_shuffles, joined_output, kernel_launches)
+                           assert_patched_runs_no_eager_shuffles, joined, kernel_launches)
 
 CLIPS = [(6, 20, 16), (2, 12, 24)]  # (frames, height, width)
 
@@ -98,8 +98,8 @@ def test_half_precision(dtype):
     reference, x = build(), clip(CLIPS[0])
     model = swin_fused.patch(build(dtype))
     with kernel_launches() as launches:
-        out = joined_output(model(x.to(dtype)))
+        out = joined(model(x.to(dtype)))
     assert launches == {"fwd": 4}
-    half = joined_output(build(dtype)(x.to(dtype)))
-    exact = joined_output(copy.deepcopy(reference).double()(x.double()))
+    half = joined(build(dtype)(x.to(dtype)))
+    exact = joined(copy.deepcopy(reference).double()(x.double()))
     assert_as_accurate_as_eager(out, half, exact, dtype, f"{dtype} output")

@@ -5,11 +5,20 @@ pad, roll, partition, mask, reverse and crop of the eager block are gone, and so
 `attn` (WindowAttention.forward), `attn.softmax` and `attn.attn_dropout`, and its use of
 BasicLayer's mask tensor.
 """
+import contextlib
+
 from swin_fused import reference
-from swin_fused.families import hooked, hooks_reason
+from swin_fused.eager import MASK_VALUE, window_labels
+from swin_fused.families import (first_parameter, hooked, hooks_reason, missing_attributes,
+                                 sample_tensor, signature_reason)
 from swin_fused.ops import fallback, not_supported_reasons, window_attention
 
 METHOD = "forward"
+LIBRARY = "swin_fused.reference"
+REPLACED = ("forward",)
+READS = ("dim", "n_heads", "window_size", "shift_size", "norm1", "norm2", "mlp", "dropout",
+         "attn.qkv", "attn.n_heads", "attn.relative_position_bias", "attn.scale",
+         "attn.attn_dropout.p", "attn.proj", "attn.proj_dropout", "attn.softmax")
 
 
 def classes():
@@ -18,6 +27,32 @@ def classes():
 
 def unsupported(block):
     return not_supported_reasons(block.window_size, block.shift_size, block.dim // block.n_heads)
+
+
+def unrecognised(block):
+    return (missing_attributes(block, READS)
+            + signature_reason(reference.SwinTransformerBlock, METHOD, ("x", "attn_mask")))
+
+
+@contextlib.contextmanager
+def sample(block):
+    """A (1, h*w, dim) input one window past the window on each side, with BasicLayer's mask and
+    map size (h, w), which BasicLayer sets on its blocks before each call."""
+    side = block.window_size + 1
+    like = first_parameter(block)
+    mask = None
+    if block.shift_size > 0:
+        padded = (2 * block.window_size,) * 2
+        labels = window_labels(padded, (block.window_size,) * 2, (block.shift_size,) * 2,
+                               like.device)
+        mask = (labels[:, :, None] != labels[:, None, :]).to(like.dtype) * MASK_VALUE
+    saved = {name: vars(block)[name] for name in ("h", "w") if name in vars(block)}
+    block.h = block.w = side
+    try:
+        yield sample_tensor(1, side * side, block.dim, like=like), mask
+    finally:
+        del block.h, block.w
+        vars(block).update(saved)
 
 
 def skipped(block):

@@ -20,8 +20,18 @@ attention weights, as HF's SDPA path does. The fused forward no longer calls `at
 `attention.self` and `attention.self.dropout`); the q, k, v Linears are joined into one matmul
 where they are plain nn.Linear without hooks, and called as modules otherwise (hooks, LoRA).
 
+Each class has one attention layout from transformers 5.17 to 5.25, and its fused forward is
+written for it: SwinLayer's `SwinAttention` has `q_proj`/`k_proj`/`v_proj`/`o_proj` and a
+`SwinRelativePositionBias` module (its index a flat non-persistent buffer) and calls the attention
+function the config names (eager or sdpa) with bias and shift mask as one mask; DonutSwin's and
+MaskFormerSwin's attention has `self` (query, key, value, a bias table) and `output`; Swinv2's the
+same with a continuous position bias. A layer without its class's layout (transformers 4's
+SwinLayer has `attention.self`) is unrecognised: `unrecognised` names what it lacks.
+
 transformers is optional: nothing here imports it.
 """
+import contextlib
+import inspect
 import math
 import sys
 
@@ -30,10 +40,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from swin_fused.eager import MASK_VALUE
-from swin_fused.families import hooked, hooks_reason
+from swin_fused.families import (first_parameter, hooked, hooks_reason, missing_attributes,
+                                 sample_tensor, signature_reason, wrapped_reason)
 from swin_fused.ops import fallback, not_supported_reasons, window_attention
 
 METHOD = "forward"
+LIBRARY = "transformers"
+# forward, and the layer methods the eager forwards call and the fused ones do not (any class)
+REPLACED = ("forward", "maybe_pad", "cyclic_shift", "get_attn_mask")
+# the library functions the eager forwards call and the fused ones do not
+HELPERS = ("window_partition", "window_reverse")
 MODULES = {
     "SwinLayer": "transformers.models.swin.modeling_swin",
     "Swinv2Layer": "transformers.models.swinv2.modeling_swinv2",
@@ -42,6 +58,28 @@ MODULES = {
 }
 ATTENTIONS = ("{}: output_attentions asks for the attention probabilities, which the fused op "
               "never forms")
+# what each layout's fused forward reads
+_LAYER = ("window_size", "shift_size", "layernorm_before.normalized_shape", "layernorm_after",
+          "drop_path")
+PROJECTIONS = _LAYER + (
+    "set_shift_and_window_size", "mlp", "dropout", "attention.config", "attention.q_proj",
+    "attention.k_proj", "attention.v_proj", "attention.o_proj", "attention.relative_position_bias",
+    "attention.num_attention_heads", "attention.head_dim", "attention.scaling",
+    "attention.attention_dropout")
+_SELF_OUTPUT = _LAYER + (
+    "intermediate", "output", "attention.output", "attention.self.query", "attention.self.key",
+    "attention.self.value", "attention.self.num_attention_heads",
+    "attention.self.attention_head_size", "attention.self.dropout.p",
+    "attention.self.window_size", "attention.self.relative_position_index")
+BIAS_TABLE = _SELF_OUTPUT + ("attention.self.relative_position_bias_table",)
+CONTINUOUS_BIAS = _SELF_OUTPUT + ("attention.self.logit_scale",
+                                  "attention.self.continuous_position_bias_mlp",
+                                  "attention.self.relative_coords_table")
+READS = {"SwinLayer": PROJECTIONS, "Swinv2Layer": CONTINUOUS_BIAS,
+         "DonutSwinLayer": BIAS_TABLE + ("set_shift_and_window_size",),
+         "MaskFormerSwinLayer": BIAS_TABLE}
+# the attention functions a SwinAttention config may name that the fused op computes (None: eager)
+ATTENTION_FUNCTIONS = (None, "eager", "sdpa")
 
 
 def _layer_classes():
@@ -58,6 +96,56 @@ def classes():
 def _base(cls):
     """The name of the HF layer class `cls` is (or subclasses)."""
     return next(name for name, base in _layer_classes().items() if issubclass(cls, base))
+
+
+def unrecognised(layer):
+    """Every reason the layer's code is not what its fused forward was written for."""
+    base = _base(type(layer))
+    return (missing_attributes(layer, READS[base])
+            + signature_reason(type(layer), METHOD, _fused_parameters(base))
+            + _wrapped_helpers(MODULES[base]) + _attention_function_reasons(layer))
+
+
+def _fused_parameters(base):
+    """The parameter names after self of the fused forward of the HF class named `base`."""
+    return tuple(inspect.signature(FUSED[base]).parameters)[1:]
+
+
+def _wrapped_helpers(module):
+    return [reason for name in HELPERS
+            for reason in wrapped_reason(getattr(sys.modules[module], name, None), module, name)]
+
+
+def _attention_function_reasons(layer):
+    """A SwinAttention calls the attention function its config names; the other layouts have no
+    config there and compute their own."""
+    config = getattr(getattr(layer, "attention", None), "config", None)
+    function = getattr(config, "_attn_implementation", None)
+    if function in ATTENTION_FUNCTIONS:
+        return []
+    return [f"{type(layer).__name__}'s attention calls the {function!r} attention function, and "
+            "the fused op computes eager's and sdpa's"]
+
+
+@contextlib.contextmanager
+def sample(layer):
+    """(tokens, map size) of a (1, s*s, C) input, s one token past the window: it pads and, where
+    the layer shifts, shifts; set_shift_and_window_size clamps only a side <= the window."""
+    side = layer.window_size + 1
+    like = first_parameter(layer)
+    window_and_shift = layer.window_size, layer.shift_size
+    try:
+        yield (sample_tensor(1, side * side, layer.layernorm_before.normalized_shape[0],
+                             like=like), (side, side))
+    finally:
+        # a subclass's set_shift_and_window_size (not in REPLACED) may change them
+        layer.window_size, layer.shift_size = window_and_shift
+
+
+def compared(output):
+    """The part of a layer's forward result the fused forward reproduces, for patch's check: the
+    hidden states (with eager attention SwinLayer returns the probabilities unasked, fused None)."""
+    return output[0]
 
 
 def _head_dim(layer):

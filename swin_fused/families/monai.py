@@ -16,14 +16,21 @@ blocks between stages and leaves the attention as it is; MONAI's own SDPA path
 
 MONAI is optional: nothing here imports it.
 """
+import contextlib
 import math
 import sys
 
-from swin_fused.families import hooked, hooks_reason
+from swin_fused.families import (first_parameter, hooked, hooks_reason, missing_attributes,
+                                 sample_tensor, signature_reason)
 from swin_fused.ops import fallback, not_supported_reasons, window_attention, window_attention_3d
 
 METHOD = "forward_part1"
 MODULE = "monai.networks.nets.swin_unetr"
+LIBRARY = "monai"
+REPLACED = ("forward_part1",)
+READS = ("dim", "num_heads", "window_size", "shift_size", "norm1", "attn.qkv", "attn.num_heads",
+         "attn.relative_position_bias_table", "attn.relative_position_index", "attn.scale",
+         "attn.attn_drop.p", "attn.proj", "attn.proj_drop", "attn.softmax")
 UNMASKED = ("{} is shifted but called without a mask_matrix, so MONAI attends across shift "
             "regions unmasked; the fused op always masks")
 
@@ -37,6 +44,24 @@ def classes():
 def unsupported(block):
     return not_supported_reasons(tuple(block.window_size), tuple(block.shift_size),
                                  block.dim // block.num_heads)
+
+
+def unrecognised(block):
+    swin = sys.modules[MODULE]
+    return (missing_attributes(block, READS)
+            + signature_reason(swin.SwinTransformerBlock, METHOD, ("x", "mask_matrix")))
+
+
+@contextlib.contextmanager
+def sample(block):
+    """A (1, [D,] H, W, C) map one token past the window on each axis, with BasicLayer's mask."""
+    swin = sys.modules[MODULE]
+    like = first_parameter(block)
+    window, shift = tuple(block.window_size), tuple(block.shift_size)
+    mask = None
+    if any(shift):
+        mask = swin.compute_mask([2 * w for w in window], window, shift, like.device).to(like)
+    yield sample_tensor(1, *(w + 1 for w in window), block.dim, like=like), mask
 
 
 def skipped(block):

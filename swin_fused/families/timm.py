@@ -12,18 +12,29 @@ buffer and v_bias. The fused `_attn` no longer calls `attn` (WindowAttention.for
 
 timm is optional: nothing here imports it.
 """
+import contextlib
 import math
 import sys
 
 import torch
 import torch.nn.functional as F
 
-from swin_fused.families import hooked, hooks_reason
+from swin_fused.families import (first_parameter, hooked, hooks_reason, missing_attributes,
+                                 sample_tensor, signature_reason)
 from swin_fused.ops import fallback, not_supported_reasons, window_attention
 
 METHOD = "_attn"
 V1 = "timm.models.swin_transformer"
 V2 = "timm.models.swin_transformer_v2"
+LIBRARY = "timm"
+REPLACED = ("_attn", "get_attn_mask")
+READS = ("window_size", "shift_size", "input_resolution", "attn.qkv", "attn.num_heads",
+         "attn.attn_drop.p", "attn.proj", "attn.proj_drop", "attn.softmax")
+V1_READS = ("attn._get_rel_pos_bias", "attn.scale")
+V2_READS = ("attn.q_bias", "attn.k_bias", "attn.v_bias", "attn.logit_scale", "attn.cpb_mlp",
+            "attn.relative_coords_table", "attn.relative_position_index", "attn.window_size")
+# an FX leaf, as torchvision's functional is: its argument checks branch on the sizes
+torch.fx.wrap("window_attention")
 
 
 def classes():
@@ -34,6 +45,25 @@ def classes():
     if V2 in sys.modules:
         found.append(sys.modules[V2].SwinTransformerV2Block)
     return tuple(found)
+
+
+def _is_v2(block):
+    v2 = sys.modules.get(V2)
+    return v2 is not None and isinstance(block, v2.SwinTransformerV2Block)
+
+
+def unrecognised(block):
+    base = sys.modules[V2].SwinTransformerV2Block if _is_v2(block) else \
+        sys.modules[V1].SwinTransformerBlock
+    reads = READS + (V2_READS if _is_v2(block) else V1_READS)
+    return missing_attributes(block, reads) + signature_reason(base, METHOD, ("x",))
+
+
+@contextlib.contextmanager
+def sample(block):
+    """A (1, H, W, C) map at the block's input resolution, which a static shift mask is built for."""
+    like = first_parameter(block)
+    yield (sample_tensor(1, *block.input_resolution, block.attn.qkv.in_features, like=like),)
 
 
 def unsupported(block):
@@ -65,8 +95,7 @@ def fused(self, x):
         return self.unfused_class._attn(self, x)
     B, H, W, C = x.shape
     attn = self.attn
-    v2 = sys.modules.get(V2)
-    if v2 is not None and isinstance(self, v2.SwinTransformerV2Block):
+    if _is_v2(self):
         qkv_bias, logit_scale, rel_bias = _cosine_inputs(attn)
         scale = None
         qkv = F.linear(x, attn.qkv.weight, qkv_bias)

@@ -10,22 +10,43 @@ bias and a qkv bias whose k part is zeroed on every call. Both functionals are F
 (torch.fx.wrap), so create_feature_extractor traces a patched model, and patching a traced graph
 swaps one for the other. The fused forward calls every submodule the eager one does.
 """
+import contextlib
 import math
 import sys
 
 import torch
 import torch.nn.functional as F
 
+from swin_fused.families import (first_parameter, missing_attributes, sample_tensor,
+                                 signature_reason, wrapped_reason)
 from swin_fused.ops import not_supported_reasons, window_attention
 
 METHOD = "forward"
 MODULE = "torchvision.models.swin_transformer"
+LIBRARY = "torchvision"
+REPLACED = ("forward",)
+READS = ("qkv.weight", "qkv.bias", "proj.weight", "proj.bias", "window_size", "shift_size",
+         "num_heads", "attention_dropout", "dropout", "get_relative_position_bias")
 
 
 def classes():
     # a model can hold torchvision's Swin classes only once their module has been imported
     swin = sys.modules.get(MODULE)
     return (swin.ShiftedWindowAttention,) if swin is not None else ()
+
+
+def unrecognised(attn):
+    swin = sys.modules[MODULE]
+    reads = READS + (("logit_scale",) if isinstance(attn, swin.ShiftedWindowAttentionV2) else ())
+    return (missing_attributes(attn, reads) + signature_reason(type(attn), METHOD, ("x",))
+            + wrapped_reason(swin.shifted_window_attention, MODULE, "shifted_window_attention"))
+
+
+@contextlib.contextmanager
+def sample(attn):
+    """A (1, H, W, C) map one token past the window on each side: it pads and keeps the shift."""
+    like = first_parameter(attn)
+    yield (sample_tensor(1, *(w + 1 for w in attn.window_size), attn.qkv.in_features, like=like),)
 
 
 def unsupported(attn):

@@ -10,21 +10,42 @@ and rolls after padding). Both functionals are FX leaves, so patching a traced g
 the other. The fused forward calls every submodule the eager one does (neither calls qkv or proj
 as modules).
 """
+import contextlib
 import sys
 
 import torch
 import torch.nn.functional as F
 
+from swin_fused.families import (first_parameter, missing_attributes, sample_tensor,
+                                 signature_reason, wrapped_reason)
 from swin_fused.ops import not_supported_reasons, window_attention_3d
 
 METHOD = "forward"
 MODULE = "torchvision.models.video.swin_transformer"
+LIBRARY = "torchvision"
+REPLACED = ("forward",)
+READS = ("qkv.weight", "qkv.bias", "proj.weight", "proj.bias", "window_size", "shift_size",
+         "num_heads", "attention_dropout", "dropout", "get_relative_position_bias")
 
 
 def classes():
     # a model can hold torchvision's video Swin classes only once their module has been imported
     swin = sys.modules.get(MODULE)
     return (swin.ShiftedWindowAttention3d,) if swin is not None else ()
+
+
+def unrecognised(attn):
+    swin = sys.modules[MODULE]
+    return (missing_attributes(attn, READS) + signature_reason(type(attn), METHOD, ("x",))
+            + wrapped_reason(swin.shifted_window_attention_3d, MODULE,
+                             "shifted_window_attention_3d"))
+
+
+@contextlib.contextmanager
+def sample(attn):
+    """A (1, T, H, W, C) map one token past the window on each axis: it pads and keeps the shift."""
+    like = first_parameter(attn)
+    yield (sample_tensor(1, *(w + 1 for w in attn.window_size), attn.qkv.in_features, like=like),)
 
 
 def unsupported(attn):

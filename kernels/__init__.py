@@ -1,1 +1,0 @@
-"""Triton kernels of swin-fused (installed as swin_fused.kernels): jit kernels and their launchers."""
