@@ -87,6 +87,7 @@ class ModelSpec:
     batch: int = 128  # the GPU cases' batch
     dense: bool = False  # segmentation: a label per voxel, not per sample
     compiled: bool = True  # has compiled impls (compiling SwinUNETR is left out: minutes)
+    benchmarked: bool = True  # has benchmark cases; False: a model for the CPU tests only
 
 
 MODELS = {
@@ -100,6 +101,11 @@ MODELS = {
     # MONAI's SwinUNETR (feature size 48, the BTCV config) on its usual 96^3 patches, 14 classes
     "swin_unetr": ModelSpec("3d", (1, 96, 96, 96), 14, rounds=5, sdpa=True, batch=2, dense=True,
                             compiled=False),
+    # Hugging Face's Swin-T (SwinForImageClassification, no weights), whose sdpa is its own
+    # attn_implementation="sdpa"
+    "hf_swin_t": ModelSpec("224", (3, 224, 224), 1000, rounds=5, sdpa=True),
+    # a two-stage reference Swin small enough for Triton's interpreter: profile_step's CPU test
+    "tiny_swin": ModelSpec("tiny", (3, 32, 32), 10, rounds=1, batch=2, benchmarked=False),
 }
 
 
@@ -113,10 +119,34 @@ def _without_stochastic_depth(model):
     return model
 
 
+class Logits(torch.nn.Module):
+    """A Hugging Face classifier whose forward returns the logits, as the other models' does."""
+
+    def __init__(self, classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images):
+        return self.classifier(pixel_values=images).logits
+
+
+def _hf_swin_t():
+    """Swin-T 224 in Hugging Face transformers, eager attention, no stochastic depth."""
+    transformers = pytest.importorskip("transformers", reason="hf_swin_t needs transformers")
+    config = transformers.SwinConfig(image_size=224, embed_dim=96, depths=[2, 2, 6, 2],
+                                     num_heads=[3, 6, 12, 24], window_size=7, num_labels=1000,
+                                     drop_path_rate=0.0, attn_implementation="eager")
+    return Logits(transformers.SwinForImageClassification(config))
+
+
 def _build(name):
     from swin_fused import reference
     if name == "swin_cifar":
         return reference.swin_cifar(patch_size=2, n_classes=10, mlp_ratio=1)
+    if name == "tiny_swin":
+        # 8x8 tokens in 4x4 windows, then one shifted 4x4 window: a few interpreter programs
+        return reference.SwinTransformer(patch_size=4, n_classes=10, embed_dim=32, depths=(2, 2),
+                                         n_heads=(2, 4), window_size=4, mlp_ratio=1)
     if name == "swin_t":
         return reference.swin_t()
     if name == "tv_swin_t":
@@ -134,20 +164,23 @@ def _build(name):
         pytest.importorskip("einops", reason="MONAI's SwinUNETR needs einops (pip install einops)")
         from monai.networks.nets import SwinUNETR
         return SwinUNETR(in_channels=1, out_channels=14, feature_size=48)
+    if name == "hf_swin_t":
+        return _hf_swin_t()
     raise ValueError(f"unknown model {name}")
 
 
 def make_model(name, impl, mode, device=DEVICE, compile_mode=None):
     """The one model factory: the same weights for every impl (fixed seed), on `device`, in the
     mode's train/eval state. sdpa: the model's own SDPA path on in every block (timm's fused_attn,
-    MONAI's use_flash_attention); fused: swin_fused.patch'ed; compiled: torch.compile'd (after the
-    rest), with `compile_mode`."""
+    MONAI's use_flash_attention, Hugging Face's attn_implementation); fused: swin_fused.patch'ed;
+    compiled: torch.compile'd (after the rest), with `compile_mode`."""
     torch.manual_seed(0)
     model = _build(name).to(device).train(mode == "train")
     if MODELS[name].sdpa:
         from benchmarks.peers import set_sdpa
         # explicitly off for every other impl: TIMM_FUSED_ATTN in the environment must not leak in
-        set_sdpa(model, "sdpa" in impl)
+        if set_sdpa(model, "sdpa" in impl) == 0 and "sdpa" in impl:
+            raise ValueError(f"{name} has no attention module whose SDPA path could be switched")
     elif "sdpa" in impl:
         raise ValueError(f"{name} has no SDPA attention path of its own")
     if "fused" in impl:
@@ -193,15 +226,16 @@ def check_pass(model, mode, images, labels):
     return logits.detach().float(), grads
 
 
-def make_step(model, mode, images, labels):
-    """The timed unit: an inference forward, or a training step (forward, backward, AdamW step)."""
+def make_step(model, mode, images, labels, capturable=False):
+    """The timed unit: an inference forward, or a training step (forward, backward, AdamW step);
+    `capturable`: an AdamW that a CUDA graph can capture (its step count on the GPU)."""
     device = images.device.type
     if mode == "infer":
         def step():
             with torch.no_grad(), autocast(device):
                 model(images)
         return step
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, capturable=capturable)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -210,6 +244,26 @@ def make_step(model, mode, images, labels):
         loss.backward()
         optimizer.step()
     return step
+
+
+def cuda_graphed(fn, warmup=3):
+    """`fn` captured in one torch.cuda.CUDAGraph: a callable that replays it and returns what the
+    captured call returned (tensors the next replay overwrites). Warm-up calls run first on a side
+    stream, as capture requires (lazy state such as AdamW's is made there, not in the graph)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = fn()
+
+    def replay():
+        graph.replay()
+        return captured
+    return replay
 
 
 @functools.lru_cache(maxsize=4)
@@ -342,6 +396,17 @@ def fused_launches():
     """Launches of the fused Triton kernels so far: a case asserts that its kernels really ran."""
     from swin_fused.kernels.common import LAUNCHES
     return sum(LAUNCHES.values())
+
+
+def triton_kernels():
+    """Both kernel generations' Triton functions (the kernels the launchers run and the jit
+    helpers they call), each once; a function's name is `fn.fn.__name__`."""
+    from triton.runtime.jit import KernelInterface
+
+    from swin_fused.kernels import v1, v2
+    found = {id(fn): fn for module in (v1, v2) for fn in vars(module).values()
+             if isinstance(fn, KernelInterface)}
+    return list(found.values())
 
 
 def first_call_s(fn):

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The one command for the GPU machine: the most telling numbers first (the op's forward+backward
-# at Swin-T stage 1 with every impl but FlexAttention, then Swin-T 224 training uncompiled), then
+# The one command for the GPU machine: the most telling numbers first (a torch.profiler profile
+# of one timm Swin-T 224 training step, eager, fused and timm's SDPA, which says whether the step
+# is bound by the GPU or the host; the op's forward+backward at Swin-T stage 1 with every impl but
+# FlexAttention; Swin-T 224 training uncompiled, fused also replayed from one CUDA graph), then
 # what a first call must also bring back (the kernels alone, the GPU tests of the kernels and
 # model families), then FlexAttention and the compiled Swin-T 224 training cases, the other op and
 # model cases, the CLI tests, the remaining compiled cases, and last the 3-D cases (video Swin,
@@ -11,36 +13,42 @@
 #
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]   # or OUT_DIR=...; default benchmarks/results
 #   QUICK=1            a rerun within 3 minutes: fewer rounds and cases
-#   STAGES="op1 train224"  run only these stage families (env op1 train224 profile tests op
-#                      models bias-grad compiled op3d video unetr) or exact stage names
+#   STAGES="op1 train224"  run only these stage families (env profile-step op1 train224 profile
+#                      tests op models bias-grad compiled op3d video unetr) or exact stage names
 #                      from stages.txt; STAGES="env op3d video unetr": the 3-D cases
 #   BUDGET_S=290       the whole script's budget in seconds (QUICK=1: 170)
 #
 # Writes at most 8 files: env.txt tests.log bench.log bench.json profile.txt summary.md chart.png
-# stages.txt. Every call starts its folder afresh: give a second call (e.g. with the STAGES that
-# stages.txt says were cut) another folder, and merge the two bench.json with summarize.py.
+# stages.txt (the profile-step summaries are appended to profile.txt, before the kernel profile).
+# Every call starts its folder afresh: give a second call (e.g. with the STAGES that stages.txt
+# says were cut) another folder, and merge the two bench.json with summarize.py.
 #
 # Budget, as measured on an H200 machine with 16 cores and no compile caches (2026-11-28, torch
 # 2.11, benchmarks/results/2026-11-28-h200): env 22 s (nvidia-smi and the imports); op1 34 s;
 # profile 48 s; train224 41 s; op1:compiled 45 s; op1:flex 41 s; a compiled Swin-T training case
 # over 80 s; op 60 s; the whole tests folder over 235 s in one process, the kernel and family
 # tests (all but tests/test_cifar*) over 120 s in 8: they get 90 s, the CLI tests the same later.
-#   env 22, op1 34, op1:compiled 45, train224 41, profile 48, tests 90   -> ~280 of 290
-#   then op1:flex (~41), the compiled Swin-T 224 training cases (80+ s each: more than a call
+# Not yet measured (estimates): profile-step ~100 (eager ~25, fused ~50 with the first Triton
+# compilation of the bf16 kernels, which later stages then find cached, sdpa ~25); the two
+# fused+cudagraph cases train224 now holds, ~30 more.
+#   env 22, profile-step ~100, op1 34, op1:compiled 45, train224 ~70   -> ~270 of 290
+#   so the kernel profile (48) and the tests (90) no longer fit a first call; they, op1:flex
+#   (~41), the compiled Swin-T 224 training cases (80+ s each: more than a call
 #   can hold beside the rest), op, models, tests:cli, bias-grad and the remaining compiled cases:
 #   a second call, with the STAGES that stages.txt prints
 #   3-D, last: op3d (the op at swin3d_t and SwinUNETR stage 1, uncompiled, ~40), video (swin3d_t
 #   16x224x224 training and inference at batch 8, uncompiled, ~90), unetr (SwinUNETR 96^3, skipped
 #   with the reason where MONAI is not installed), then their compiled and FlexAttention cases
 #   (~60-90 each): a call of their own
-# QUICK=1 (170 s) gets op1 and op1:compiled, train224, profile and part of the tests.
+# QUICK=1 (170 s) gets profile-step and op1, estimated, and cuts the rest.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT_DIR:-benchmarks/results}}
 export QUICK=${QUICK:-0}
 [ "$QUICK" = 1 ] && default_budget=170 || default_budget=290
 BUDGET_S=${BUDGET_S:-$default_budget}
-ALL_STAGES="env op1 train224 profile tests op models bias-grad compiled op3d video unetr"
+ALL_STAGES="env profile-step op1 train224 profile tests op models bias-grad compiled op3d video"
+ALL_STAGES="$ALL_STAGES unetr"
 STAGES=${STAGES:-$ALL_STAGES}
 PYTHON=${PYTHON:-python}
 export PYTHONUNBUFFERED=1  # a stage killed at its timeout still leaves its log
@@ -159,8 +167,16 @@ pytest_tests() {  # pytest_tests NAME MAX_S FILES...: the GPU tests, strict, fai
 echo "gpu_check: results in $OUT, budget ${BUDGET_S}s, QUICK=$QUICK, stages: $STAGES"
 stage env 5 30 "$OUT/env.txt" bash -c 'nvidia-smi; "$0" -c "$1"' "$PYTHON" "$ENV_PY"
 
+# 0. one timm Swin-T 224 training step at batch 128 under torch.profiler: eager, fused, and the
+# best peer, timm's SDPA; each summary is appended to profile.txt (its own file stays in $PARTS)
+for impl in eager fused sdpa; do
+    [ $impl = fused ] && max=90 || max=45
+    stage "profile-step:$impl" 20 $max "$OUT/profile.txt" "$PYTHON" -m benchmarks.profile_step \
+        timm_swin_t $impl --mode train --batch 128 --out "$PARTS"
+done
+
 # 1. the op at Swin-T stage 1, forward + backward, every impl but FlexAttention; Swin-T 224
-# training, uncompiled; the kernels alone; the GPU tests of the kernels and families
+# training, uncompiled (fused+cudagraph included); the kernels alone; the GPU tests
 bench op1 15 60 benchmarks/test_op.py -k "$OP1 and not compiled and not flex"
 bench op1:compiled 20 60 $(ids benchmarks/test_op.py $OP1 compiled)
 bench train224 25 90 benchmarks/test_models.py -k "($TRAIN224) and not compiled"
@@ -181,7 +197,10 @@ bench models 40 180 benchmarks/test_models.py -k "$models_rest"
 pytest_tests tests:cli 120 tests/test_cifar*.py
 stage bias-grad 10 60 "$OUT/tests.log" "$PYTHON" -m benchmarks.check_bias_grad
 M=benchmarks/test_models.py
-compiled_cases $M infer-224-swin_t compiled fused+compiled
+compiled_cases $M infer-224-swin_t compiled fused+compiled fused+compiled-ro
+compiled_cases $M train-224-swin_t fused+compiled-ro
+compiled_cases $M train-224-timm_swin_t fused+compiled-ro
+compiled_cases $M train-224-hf_swin_t compiled sdpa+compiled fused+compiled
 compiled_cases $M latency-224-swin_t-b1 compiled fused+compiled
 compiled_cases $M latency-224-swin_t-b8 compiled fused+compiled
 [ "$QUICK" = 1 ] || compiled_cases $M train-cifar-swin_cifar-b64 compiled fused+compiled
@@ -191,10 +210,11 @@ for group in op-fwdbwd-swin_t-stage{2,3,4} op-fwdbwd-swin_cifar-stage{1,2,3} \
     compiled_cases benchmarks/test_op.py "$group" compiled flex
 done
 compiled_cases $M train-224-tv_swin_t compiled fused+compiled
-compiled_cases $M infer-224-timm_swin_t compiled sdpa+compiled fused+compiled
+compiled_cases $M infer-224-timm_swin_t compiled sdpa+compiled fused+compiled fused+compiled-ro
 compiled_cases $M latency-224-timm_swin_t-b1 compiled fused+compiled
 compiled_cases $M latency-224-timm_swin_t-b8 compiled fused+compiled
 compiled_cases $M infer-224-tv_swin_t compiled fused+compiled
+compiled_cases $M infer-224-hf_swin_t compiled sdpa+compiled fused+compiled
 if [ "$QUICK" != 1 ]; then  # QUICK=1 skips the compiled CIFAR cases (common.skip_reason)
     compiled_cases $M train-cifar-swin_cifar compiled fused+compiled
     compiled_cases $M infer-cifar-swin_cifar compiled fused+compiled

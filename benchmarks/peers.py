@@ -10,7 +10,7 @@ Op level, each with the signature of swin_fused.window_attention (2-D) or window
   requires);
 - `compiled_eager()`, `compiled_eager_3d()`: torch.compile of swin_fused.eager's op.
 Model level: `set_sdpa` switches a model's own SDPA path on for every block (timm's fused_attn,
-MONAI's use_flash_attention).
+MONAI's use_flash_attention, Hugging Face's attn_implementation).
 The pad/roll/partition are swin_fused.eager's own steps (padded tokens take the qkv bias).
 """
 import functools
@@ -123,10 +123,14 @@ def compiled_eager_3d():
 def set_sdpa(model, enabled=True):
     """The model's own SDPA path on (or off) in every window attention: timm's `fused_attn` (off
     by default for Swin: `use_fused_attn(experimental=True)`), MONAI's `use_flash_attention`
-    (which it takes only without autograd: a training step runs its eager path); returns how many
-    it switched."""
+    (which it takes only without autograd: a training step runs its eager path), Hugging Face's
+    attn_implementation "sdpa" (or "eager"; transformers raises where a model has no SDPA path);
+    returns how many modules it switched."""
     switched = 0
     for module in model.modules():
+        if hasattr(module, "set_attn_implementation"):
+            module.set_attn_implementation("sdpa" if enabled else "eager")
+            switched += 1
         if not hasattr(module, "relative_position_bias_table"):
             continue
         for flag in ("fused_attn", "use_flash_attention"):
