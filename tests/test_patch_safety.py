@@ -18,6 +18,7 @@ from tests.helpers import assert_as_accurate_as_eager, kernel_launches
 from tests.test_families import build, inputs, run
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS_SIZE = (36, 44)  # test_families' first input size: pads and shifts in stage 1
 
 
 @pytest.fixture
@@ -33,6 +34,16 @@ def patched_with_warnings(model, **options):
         warnings.simplefilter("always")
         swin_fused.patch(model, **options)
     return [str(w.message) for w in caught if "swin_fused" in str(w.message)]
+
+
+def assert_kept_eager(model, reason, fused):
+    """Patching the test_families `model` warns `reason` and fuses `fused` of its layers, and the
+    model computes what it did unpatched."""
+    reference = copy.deepcopy(model)
+    messages = patched_with_warnings(model)
+    assert any(reason in m for m in messages), messages
+    assert patching.patched_count(model) == fused
+    assert_still_computes_its_own(model, reference, MODELS_SIZE)
 
 
 def assert_still_computes_its_own(model, reference, size):
@@ -76,11 +87,7 @@ def test_timm_subclass_overriding_attn_stays_eager(lenient):
     model = build("timm-v1")
     _subclass_of_first(model, swin.SwinTransformerBlock,
                        {"_attn": lambda self, x: 2 * swin.SwinTransformerBlock._attn(self, x)})
-    reference = copy.deepcopy(model)
-    messages = patched_with_warnings(model)
-    assert any("UserLayer overrides _attn, which the fused path replaces" in m for m in messages)
-    assert patching.patched_count(model) == 3
-    assert_still_computes_its_own(model, reference, (36, 44))
+    assert_kept_eager(model, "UserLayer overrides _attn, which the fused path replaces", 3)
 
 
 def test_torchvision_subclass_overriding_forward_stays_eager_and_strict_raises(lenient,
@@ -89,11 +96,7 @@ def test_torchvision_subclass_overriding_forward_stays_eager_and_strict_raises(l
     model = build("torchvision-v1")
     _subclass_of_first(model, tv.ShiftedWindowAttention,
                        {"forward": lambda self, x: tv.ShiftedWindowAttention.forward(self, x) + 1})
-    reference = copy.deepcopy(model)
-    messages = patched_with_warnings(model)
-    assert any("UserLayer overrides forward" in m for m in messages)
-    assert patching.patched_count(model) == 3
-    assert_still_computes_its_own(model, reference, (36, 44))
+    assert_kept_eager(model, "UserLayer overrides forward", 3)
     monkeypatch.setenv("SWIN_FUSED_STRICT", "1")
     with pytest.raises(swin_fused.FallbackError, match="UserLayer overrides forward"):
         swin_fused.patch(swin_fused.unpatch(model))
@@ -116,9 +119,7 @@ def test_a_skipped_submodule_with_its_own_forward_keeps_the_block_eager(lenient)
     attn = _subclass_of_first(model, swin.WindowAttention,
                               {"forward": lambda self, x, mask=None: swin.WindowAttention.forward(
                                   self, x, mask) * 3})
-    messages = patched_with_warnings(model)
-    assert any(f"attn runs {type(attn).__qualname__}.forward" in m for m in messages)
-    assert patching.patched_count(model) == 3
+    assert_kept_eager(model, f"attn runs {type(attn).__qualname__}.forward", 3)
 
 
 # --- code the adapter does not recognise, or that computes something else -----------------------
@@ -137,13 +138,8 @@ def test_a_wrapped_torchvision_functional_stays_eager(lenient, monkeypatch):
     from torchvision.models import swin_transformer as tv
     original = tv.shifted_window_attention
     monkeypatch.setattr(tv, "shifted_window_attention", lambda *a, **k: original(*a, **k) * 2)
-    reference = build("torchvision-v1")
-    model = copy.deepcopy(reference)
-    messages = patched_with_warnings(model)
-    assert any("shifted_window_attention is not the library's own function" in m
-               for m in messages)
-    assert patching.patched_count(model) == 0
-    assert_still_computes_its_own(model, reference, (36, 44))
+    assert_kept_eager(build("torchvision-v1"),
+                      "shifted_window_attention is not the library's own function", 0)
 
 
 def _doubled_timm_window_attention(monkeypatch):
@@ -157,11 +153,8 @@ def _doubled_timm_window_attention(monkeypatch):
 def test_the_check_keeps_upstream_code_that_computes_something_else_eager(lenient, monkeypatch):
     _doubled_timm_window_attention(monkeypatch)
     reference = build("timm-v1")
-    model = copy.deepcopy(reference)
-    messages = patched_with_warnings(model)
-    assert any("SwinTransformerBlock's fused _attn differs from its own" in m for m in messages)
-    assert patching.patched_count(model) == 0
-    assert_still_computes_its_own(model, reference, (36, 44))
+    assert_kept_eager(copy.deepcopy(reference),
+                      "SwinTransformerBlock's fused _attn differs from its own", 0)
     monkeypatch.setenv("SWIN_FUSED_STRICT", "1")
     monkeypatch.setattr(verification, "_verified", {})
     with pytest.raises(swin_fused.FallbackError, match="differs from its own"):
@@ -218,9 +211,6 @@ def test_torch_jit_trace_records_the_fused_op(name):
     assert launches == {"fwd": 4}
     exact = copy.deepcopy(reference).double()(y.double())
     assert_as_accurate_as_eager(got, reference(y), exact, torch.float32, "traced output")
-
-
-MODELS_SIZE = (36, 44)
 
 
 @pytest.mark.parametrize("name", ["timm-v1", "timm-v2"])

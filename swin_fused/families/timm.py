@@ -61,7 +61,7 @@ def unrecognised(block):
 
 @contextlib.contextmanager
 def sample(block):
-    """A (1, H, W, C) map at the block's input resolution, which a static shift mask is built for."""
+    """A (1, H, W, C) map at the block's input resolution, for which its static mask is built."""
     like = first_parameter(block)
     yield (sample_tensor(1, *block.input_resolution, block.attn.qkv.in_features, like=like),)
 
