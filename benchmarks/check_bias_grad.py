@@ -20,8 +20,15 @@ import torch
 os.environ.setdefault("SWIN_FUSED_STRICT", "1")  # a silent eager fallback would check nothing
 
 import swin_fused  # noqa: E402
-from benchmarks.common import (CIFAR_STAGES, DEVICE, STAGE1, call_op, fused_launches,  # noqa: E402
-                               op_inputs, rel_error)
+from benchmarks.common import (  # noqa: E402
+    CIFAR_STAGES,
+    DEVICE,
+    STAGE1,
+    call_op,
+    fused_launches,
+    op_inputs,
+    rel_error,
+)
 from swin_fused.eager import window_attention_eager  # noqa: E402
 
 NAMES = ("out", "dqkv", "drel_bias", "dqkv_bias")
@@ -50,7 +57,8 @@ def main():
             assert fused_launches() == launches + 2, "the fused kernels did not run"
             as64 = {k: v.double() for k, v in inputs.items()}
             expected = gradients(window_attention_eager, shape, as64, dout.double())
-            errors = {name: rel_error(g, e) for name, g, e in zip(NAMES, got, expected)}
+            errors = {name: rel_error(g, e)
+                      for name, g, e in zip(NAMES, got, expected, strict=True)}
             if shape.H % shape.window == 0:
                 del errors["dqkv_bias"]  # nothing pads, so the reference gradient is exactly zero
             worst = max([worst] + [e if e == e else float("inf") for e in errors.values()])

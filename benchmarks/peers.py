@@ -18,9 +18,19 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from swin_fused.eager import (_pair, _triple, crop, pad, padded_size, partition, roll,
-                              unpartition, window_attention_eager, window_attention_eager_3d,
-                              window_labels)
+from swin_fused.eager import (
+    _pair,
+    _triple,
+    crop,
+    pad,
+    padded_size,
+    partition,
+    roll,
+    unpartition,
+    window_attention_eager,
+    window_attention_eager_3d,
+    window_labels,
+)
 
 
 def to_windows(qkv, size, num_heads, window, shift, qkv_bias):

@@ -15,8 +15,15 @@ import sys
 
 import torch
 
-from benchmarks.common import (CIFAR_STAGES, ON_GPU, QUICK, SWIN_T_STAGES, copy_gb_per_sec,
-                               op_bytes, op_inputs)
+from benchmarks.common import (
+    CIFAR_STAGES,
+    ON_GPU,
+    QUICK,
+    SWIN_T_STAGES,
+    copy_gb_per_sec,
+    op_bytes,
+    op_inputs,
+)
 
 GENERATIONS = ("v1", "v2")
 
@@ -29,24 +36,23 @@ def backward_bytes(shape, itemsize):
 
 def profile(generation, shape, settings=None, dtype=torch.bfloat16):
     """(forward ms, backward ms) of a generation's launchers on fresh random inputs."""
-    import importlib
-
     import triton.testing
 
     from swin_fused.eager import MASK_VALUE
+    from swin_fused.kernels import v1, v2
     from swin_fused.kernels.common import Geometry
-    kernels = importlib.import_module(f"swin_fused.kernels.{generation}")
+    kernels = {"v1": v1, "v2": v2}[generation]
     inputs, dout = op_inputs(shape, dtype)
     geometry = Geometry.of((1, shape.H, shape.W), (1, shape.window, shape.window),
                            (0, shape.shift, shape.shift), False)
     qkv, rel_bias, qkv_bias = inputs["qkv"], inputs["rel_bias"], inputs["qkv_bias"]
     args = (geometry, shape.heads, (shape.dim // shape.heads) ** -0.5, MASK_VALUE, settings)
-    out, stats = kernels.window_attention_fwd(qkv, rel_bias, qkv_bias, None, *args)
+    out, saved = kernels.window_attention_fwd(qkv, rel_bias, qkv_bias, None, *args)
     fwd = triton.testing.do_bench(
         lambda: kernels.window_attention_fwd(qkv, rel_bias, qkv_bias, None, *args),
         return_mode="median")
     bwd = triton.testing.do_bench(
-        lambda: kernels.window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, None,
+        lambda: kernels.window_attention_bwd(dout, qkv, out, saved, rel_bias, qkv_bias, None,
                                              *args),
         return_mode="median")
     return fwd, bwd

@@ -27,6 +27,7 @@ import argparse
 import bisect
 import collections
 import contextlib
+import itertools
 import os
 import sys
 import time
@@ -118,7 +119,7 @@ def gpu_lines(device_events, steps, wall_us):
     if not device_events:
         return ["GPU: none (no GPU: CPU only)", ""]
     busy = merged_intervals(device_events)
-    gaps = [b[0] - a[1] for a, b in zip(busy, busy[1:])]
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(busy)]
     busy_us = sum(b - a for a, b in busy)
     return [f"GPU busy per step: {busy_us / steps / 1e3:.3f} ms ({busy_us / wall_us:.0%} of the "
             "profiled wall time)",

@@ -29,10 +29,26 @@ import contextlib
 
 import pytest
 
-from benchmarks.common import (GRAD_TOL, MODELS, ON_GPU, OUTPUT_TOL, QUICK, case, check_close,
-                               check_pass, cuda_graphed, eager_reference, first_call_s,
-                               fused_launches, make_batch, make_model, make_step, measure,
-                               recorded_as_skip, skip_reason)
+from benchmarks.common import (
+    GRAD_TOL,
+    MODELS,
+    ON_GPU,
+    OUTPUT_TOL,
+    QUICK,
+    case,
+    check_close,
+    check_pass,
+    cuda_graphed,
+    eager_reference,
+    first_call_s,
+    fused_launches,
+    make_batch,
+    make_model,
+    make_step,
+    measure,
+    recorded_as_skip,
+    skip_reason,
+)
 
 SEED_BATCH = 64  # the seed article's CIFAR-10 batch
 LATENCY_BATCHES = (1, 8)

@@ -23,10 +23,26 @@ import torch
 
 import swin_fused
 from benchmarks import peers
-from benchmarks.common import (GRAD_TOL, ON_GPU, OP_STAGES, OUTPUT_TOL, QUICK, STAGE1, call_op,
-                               case, check_close, copy_gb_per_sec, first_call_s, fused_kernel,
-                               fused_launches, measure, op_bytes, op_inputs, recorded_as_skip,
-                               skip_reason)
+from benchmarks.common import (
+    GRAD_TOL,
+    ON_GPU,
+    OP_STAGES,
+    OUTPUT_TOL,
+    QUICK,
+    STAGE1,
+    call_op,
+    case,
+    check_close,
+    copy_gb_per_sec,
+    first_call_s,
+    fused_kernel,
+    fused_launches,
+    measure,
+    op_bytes,
+    op_inputs,
+    recorded_as_skip,
+    skip_reason,
+)
 from swin_fused.eager import window_attention_eager, window_attention_eager_3d
 
 IMPLS = ("eager", "sdpa", "compiled", "flex", "fused", "fused-v1")
@@ -90,7 +106,7 @@ def test_op(benchmark, group, direction, impl, shape):
         if "fused" in impl and fused_launches() == launches:
             raise RuntimeError("the fused kernels never ran")
         check_close(out, ref_out, OUTPUT_TOL, f"{impl} output")
-        for name, grad, ref in zip(("dqkv", "drel_bias"), grads, ref_grads):
+        for name, grad, ref in zip(("dqkv", "drel_bias"), grads, ref_grads, strict=True):
             check_close(grad, ref, GRAD_TOL, f"{impl} {name}")
         del ref_out, ref_grads, out, grads, as_fp32
 

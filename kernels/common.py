@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from swin_fused.eager import padded_size, windows_per_axis
+
 # launches per op call ("fwd", "bwd"), so tests can prove the fused path really ran
 LAUNCHES = collections.Counter()
 
@@ -41,11 +43,11 @@ class Geometry:
 
     @functools.cached_property
     def padded(self):
-        return tuple(-(-s // w) * w for s, w in zip(self.size, self.window))
+        return padded_size(self.size, self.window)
 
     @functools.cached_property
     def windows_per_axis(self):
-        return tuple(p // w for p, w in zip(self.padded, self.window))
+        return windows_per_axis(self.size, self.window)
 
     @functools.cached_property
     def windows_per_image(self):

@@ -12,8 +12,14 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from swin_fused.kernels.common import (LAUNCHES, next_block, normalize_rows, normalize_rows_bwd,
-                                       optional_pointer, programs_wanted)
+from swin_fused.kernels.common import (
+    LAUNCHES,
+    next_block,
+    normalize_rows,
+    normalize_rows_bwd,
+    optional_pointer,
+    programs_wanted,
+)
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class Settings:
         return replace(settings, bwd_num_stages=3 if one_tile and row_bytes <= 128 else 1)
 
 
-def stats_shape(geometry, batch, num_heads):
+def saved_shape(geometry, batch, num_heads):
     """The forward's softmax row statistics, kept for the backward."""
     return (geometry.n_windows(batch), num_heads, 2, geometry.tokens)
 
@@ -53,14 +59,17 @@ def _window_tokens(win, offs, H, W, Hp, Wp, n_win_w, n_win_img, shift_h, shift_w
     sc = (fc + shift_w) % period_w
     valid = (offs < WH * WW) & (fr < period_h) & (fc < period_w) & (sr < H) & (sc < W)
     # regions (0, -w), (-w, -s), (-s, None) of the padded frame; a zero shift makes one region
-    label_h = tl.where(shift_h > 0, (fr >= Hp - WH).to(tl.int32) + (fr >= Hp - shift_h).to(tl.int32), 0)
-    label_w = tl.where(shift_w > 0, (fc >= Wp - WW).to(tl.int32) + (fc >= Wp - shift_w).to(tl.int32), 0)
+    label_h = tl.where(shift_h > 0,
+                       (fr >= Hp - WH).to(tl.int32) + (fr >= Hp - shift_h).to(tl.int32), 0)
+    label_w = tl.where(shift_w > 0,
+                       (fc >= Wp - WW).to(tl.int32) + (fc >= Wp - shift_w).to(tl.int32), 0)
     return image, (sr * W + sc).to(tl.int64), valid, label_h * 3 + label_w
 
 
 @triton.jit
-def _load_rows(base, tok, valid, stride_l, col, offs_d, dmask, BIAS_PTR, HAS_QKV_BIAS: tl.constexpr):
-    """Rows of one head's q, k or v; padded tokens take the qkv bias (the Linear of a zero token)."""
+def _load_rows(base, tok, valid, stride_l, col, offs_d, dmask, BIAS_PTR,
+               HAS_QKV_BIAS: tl.constexpr):
+    """Rows of one head's q, k or v; a padded token takes the qkv bias (Linear of a zero token)."""
     x = tl.load(base + tok[:, None] * stride_l + col[None, :],
                 mask=valid[:, None] & dmask[None, :], other=0.0)
     if HAS_QKV_BIAS:
@@ -99,7 +108,8 @@ def _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS, mask_va
 
 
 # a new input size or shift reuses the compiled kernel
-GEOMETRY_ARGS = ["H", "W", "Hp", "Wp", "n_win_w", "n_win_img", "shift_h", "shift_w", "period_h", "period_w"]
+GEOMETRY_ARGS = ["H", "W", "Hp", "Wp", "n_win_w", "n_win_img", "shift_h", "shift_w", "period_h",
+                 "period_w"]
 
 
 @triton.jit(do_not_specialize=GEOMETRY_ARGS)
@@ -237,7 +247,7 @@ def _window_attn_bwd(
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
             if NUM_BLOCKS == 1:
-                # the whole row is here: sum(P * dP) as eager's softmax backward, and out is not read
+                # the whole row is here: sum(P * dP) as eager's softmax backward; out is not read
                 delta = tl.sum(p * dp, axis=1)
             else:
                 delta = _row_delta(OUT, rows, rmask, do)
@@ -255,7 +265,8 @@ def _window_attn_bwd(
                     dq = normalize_rows_bwd(dq, q, q_norm)
         if COSINE:
             dk = normalize_rows_bwd(dk, k, k_norm)
-        rows = (image.to(tl.int64) * (H * W) + tok_n[:, None]) * 3 * C + head * head_dim + offs_d[None, :]
+        rows = ((image.to(tl.int64) * (H * W) + tok_n[:, None]) * 3 * C + head * head_dim
+                + offs_d[None, :])
         rmask = valid_n[:, None] & dmask[None, :]
         tl.store(DQKV + rows + C, dk.to(DQKV.dtype.element_ty), mask=rmask)
         tl.store(DQKV + rows + 2 * C, dv.to(DQKV.dtype.element_ty), mask=rmask)
@@ -351,7 +362,7 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_hea
     B, L, C3 = qkv.shape
     n = geometry.tokens
     out = qkv.new_empty(B, L, C3 // 3)
-    stats = qkv.new_empty(stats_shape(geometry, B, num_heads), dtype=torch.float32)
+    stats = qkv.new_empty(saved_shape(geometry, B, num_heads), dtype=torch.float32)
     n_blocks = triton.cdiv(n, meta["BLOCK"])
     rel_bias = _bias_tiles(rel_bias, n_blocks * meta["BLOCK"]) if rel_bias is not None else None
     grid = (n_windows, num_heads, n_blocks)

@@ -23,8 +23,15 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from swin_fused.kernels.common import (GEOMETRY_ARGS, LAUNCHES, next_block, normalize_rows,
-                                       normalize_rows_bwd, optional_pointer, programs_wanted)
+from swin_fused.kernels.common import (
+    GEOMETRY_ARGS,
+    LAUNCHES,
+    next_block,
+    normalize_rows,
+    normalize_rows_bwd,
+    optional_pointer,
+    programs_wanted,
+)
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -59,11 +66,11 @@ def _one_tile(geometry, settings):
     return geometry.tokens <= settings.block
 
 
-def stats_shape(geometry, batch, num_heads, settings=None):
-    """What the forward keeps for the backward besides out, fp32: for one-tile windows the bias
-    and mask table (_bias_mask_table), built once per forward and backward pair (the backward
-    recomputes each whole softmax row); for tiled windows the softmax row statistics (row max,
-    row sum)."""
+def saved_shape(geometry, batch, num_heads, settings=None):
+    """What the forward keeps for the backward besides out ("saved"), fp32: for one-tile windows
+    the bias and mask table (_bias_mask_table), built once per forward and backward pair (the
+    backward recomputes each whole softmax row); for tiled windows the softmax row statistics
+    (row max, row sum)."""
     settings = settings or Settings()
     if _one_tile(geometry, settings):
         block = min(settings.block, next_block(geometry.tokens))
@@ -154,6 +161,7 @@ def _head_columns(QKV_BIAS, LOGIT_SCALE, scale, head, n_heads, head_dim, stride_
                   BLOCK_D: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr):
     """One head's view of qkv: head-dim offsets and mask, C (heads * head_dim), its q columns
     (element offsets), a padded token's k and v (_fill) and the head's score scale."""
+    tl.static_assert(BLOCK_D >= 16, "tl.dot needs at least 16 head-dim columns")
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < head_dim
     C = n_heads * head_dim
@@ -213,6 +221,28 @@ def _pad_sum(x, valid, offs, N: tl.constexpr):
     return tl.sum(tl.where((~valid & (offs < N))[:, None], x, 0.0), axis=0)
 
 
+@triton.jit
+def _key_block(QKV, BIAS, q, win, start_n, base, geom, offs_m, label_m, head, col, c_offset,
+               stride_ql, dmask, k_fill, v_fill, s_scale, mask_value, WT: tl.constexpr,
+               WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
+               COSINE: tl.constexpr, PRECISION: tl.constexpr):
+    """The tiled kernels' key step: the k and v of window `win`'s keys start_n.. and the scores
+    of the query rows q against them (_scores)."""
+    tl.static_assert(BLOCK >= 16, "tl.dot needs tiles of at least 16 rows")
+    N: tl.constexpr = WT * WH * WW
+    offs_n = start_n + tl.arange(0, BLOCK)
+    _, token_n, valid_n, label_n = _window_tokens(win, offs_n, geom, WT, WH, WW, True)
+    k, v = _load_kv(QKV, base + token_n.to(tl.int64) * stride_ql, valid_n, col, c_offset, dmask,
+                    k_fill, v_fill)
+    if COSINE:
+        k, _ = normalize_rows(k)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
+    s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N, HAS_BIAS, PRECISION)
+    return s, k, v
+
+
 # ---- one-tile windows --------------------------------------------------------------------------
 
 @triton.jit(do_not_specialize=GEOMETRY_ARGS + ["n_windows"])
@@ -227,8 +257,9 @@ def _fwd_window(
     PRECISION: tl.constexpr,
 ):
     """Program (head, group) over windows group, group + groups, ..., each window one tile:
-    S = Q K^T * scale * log2(e) + table[window class, head] ((bias + mask) * log2(e), -inf past N)
+    S = Q K^T * scale + table[window class, head] (bias + mask, -inf past N)
     O = E V / rowsum(E), E = exp2((S - rowmax) * log2(e)), written to each token's row of out."""
+    tl.static_assert(WT * WH * WW <= BLOCK, "a one-tile kernel holds the whole window")
     head = tl.program_id(0)
     group = tl.program_id(1)
     geom = (T, H, W, Tp, Hp, Wp, period_t, period_h, period_w, shift_t, shift_h, shift_w,
@@ -271,6 +302,7 @@ def _bwd_window(
     """Program (head, group) over windows group, group + groups, ..., each window on chip:
     P = softmax(S) recomputed whole, dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(P * dP))
     dQ = dS K * scale, dK = dS^T Q * scale; dbias: dS added into the program's own partial."""
+    tl.static_assert(WT * WH * WW <= BLOCK, "a one-tile kernel holds the whole window")
     N: tl.constexpr = WT * WH * WW
     head = tl.program_id(0)
     group = tl.program_id(1)
@@ -366,7 +398,7 @@ def _fwd_tiled(
     COSINE: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Program (query block, head, window), key blocks with an online softmax:
-    S = (Q K^T * scale + bias + mask) * log2(e), -inf past the window's N keys
+    S = Q K^T * scale + bias + mask, -inf past the window's N keys
     O = exp(S - m) V / l with the running row max m and sum l, both kept for the backward."""
     N: tl.constexpr = WT * WH * WW
     blk, head, win = _program_block(n_heads, (N + BLOCK - 1) // BLOCK)
@@ -387,17 +419,9 @@ def _fwd_tiled(
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     for start_n in range(0, N, BLOCK):
-        offs_n = start_n + tl.arange(0, BLOCK)
-        _, token_n, valid_n, label_n = _window_tokens(win, offs_n, geom, WT, WH, WW, True)
-        rows_n = base + token_n.to(tl.int64) * stride_ql
-        k, v = _load_kv(QKV, rows_n, valid_n, col, C * stride_qc, dmask, k_fill, v_fill)
-        if COSINE:
-            k, _ = normalize_rows(k)
-        bias = 0.0
-        if HAS_BIAS:
-            bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
-        s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N, HAS_BIAS,
-                    PRECISION)
+        s, _, v = _key_block(QKV, BIAS, q, win, start_n, base, geom, offs_m, label_m, head, col,
+                             C * stride_qc, stride_ql, dmask, k_fill, v_fill, s_scale, mask_value,
+                             WT, WH, WW, BLOCK, HAS_BIAS, COSINE, PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2((m_i - m_new) * LOG2E)
         p = tl.exp2((s - m_new[:, None]) * LOG2E)
@@ -456,17 +480,9 @@ def _bwd_dq_tiled(
 
     dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     for start_n in range(0, N, BLOCK):
-        offs_n = start_n + tl.arange(0, BLOCK)
-        _, token_n, valid_n, label_n = _window_tokens(win, offs_n, geom, WT, WH, WW, True)
-        rows_n = base + token_n.to(tl.int64) * stride_ql
-        k, v = _load_kv(QKV, rows_n, valid_n, col, C * stride_qc, dmask, k_fill, v_fill)
-        if COSINE:
-            k, _ = normalize_rows(k)
-        bias = 0.0
-        if HAS_BIAS:
-            bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
-        s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N, HAS_BIAS,
-                    PRECISION)
+        s, k, v = _key_block(QKV, BIAS, q, win, start_n, base, geom, offs_m, label_m, head, col,
+                             C * stride_qc, stride_ql, dmask, k_fill, v_fill, s_scale, mask_value,
+                             WT, WH, WW, BLOCK, HAS_BIAS, COSINE, PRECISION)
         p = tl.exp2((s - row_max[:, None]) * LOG2E) / row_sum[:, None]
         ds = p * (tl.dot(do, tl.trans(v), input_precision=PRECISION) - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
@@ -643,7 +659,7 @@ def _groups(n_windows, per_group_programs, device, settings):
 
 def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_heads, scale,
                          mask_value, settings=None):
-    """Returns out (B, T*H*W, heads*head_dim) and what the backward needs besides (stats_shape)."""
+    """Returns out (B, T*H*W, heads*head_dim) and what the backward needs besides (saved_shape)."""
     head_dim = qkv.shape[-1] // (3 * num_heads)
     settings, meta = _launch(geometry, head_dim, qkv.dtype, settings)
     B, L, C3 = qkv.shape
@@ -656,23 +672,24 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_hea
                   **_flags(rel_bias, qkv_bias, logit_scale), **meta)
     if _one_tile(geometry, settings):
         groups = _groups(n_windows, num_heads, qkv.device, settings)
-        stats = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"], qkv.device,
-                                 mask_value)
+        saved = table = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"],
+                                         qkv.device, mask_value)
         common.pop("HAS_BIAS")
         _fwd_window[(num_heads, groups)](
-            qkv, out, stats, *pointers[1:], *qkv.stride(), n_windows=n_windows,
+            qkv, out, table, *pointers[1:], *qkv.stride(), n_windows=n_windows,
             num_warps=settings.fwd_warps, num_stages=settings.fwd_stages, **common)
     else:
-        stats = qkv.new_empty(stats_shape(geometry, B, num_heads, settings), dtype=torch.float32)
+        saved = row_stats = qkv.new_empty(saved_shape(geometry, B, num_heads, settings),
+                                          dtype=torch.float32)
         n_blocks = triton.cdiv(geometry.tokens, meta["BLOCK"])
         _fwd_tiled[(n_windows * num_heads * n_blocks,)](
-            qkv, out, stats, *pointers, *qkv.stride(), mask_value=mask_value,
+            qkv, out, row_stats, *pointers, *qkv.stride(), mask_value=mask_value,
             num_warps=settings.fwd_warps, num_stages=settings.fwd_stages, **common)
     LAUNCHES["fwd"] += 1
-    return out, stats
+    return out, saved
 
 
-def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, geometry,
+def window_attention_bwd(dout, qkv, out, saved, rel_bias, qkv_bias, logit_scale, geometry,
                          num_heads, scale, mask_value, settings=None):
     """Returns dqkv (qkv's shape, contiguous) and fp32 grads of rel_bias (heads, N, N), qkv_bias
     (3*heads*head_dim,) from the padded keys and values, and logit_scale (heads,)."""
@@ -693,22 +710,22 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
         dbias = torch.zeros(groups, num_heads, meta["BLOCK"], meta["BLOCK"], **f32)
         dpad = torch.empty(groups * num_heads, 2, meta["BLOCK_D"], **f32)
         dscale = torch.empty(groups, num_heads, **f32)
-        _bwd_window[(num_heads, groups)](  # stats: the forward's bias and mask table
-            qkv, dout, dqkv, stats, *pointers[1:], dbias, dpad, dscale, *qkv.stride(),
+        _bwd_window[(num_heads, groups)](  # saved: the forward's bias and mask table
+            qkv, dout, dqkv, saved, *pointers[1:], dbias, dpad, dscale, *qkv.stride(),
             n_windows=n_windows, **common, **launch)
     else:
         n_blocks = triton.cdiv(n, meta["BLOCK"])
         n_padded = n_blocks * meta["BLOCK"]
         delta = torch.empty(n_windows, num_heads, n, **f32)
-        _bwd_dq_tiled[(n_windows * num_heads * n_blocks,)](
-            qkv, out, dout, stats, delta, dqkv, *pointers, *qkv.stride(), mask_value=mask_value,
+        _bwd_dq_tiled[(n_windows * num_heads * n_blocks,)](  # saved: the row max and sum
+            qkv, out, dout, saved, delta, dqkv, *pointers, *qkv.stride(), mask_value=mask_value,
             **common, **launch)
         groups = _groups(n_windows, num_heads * n_blocks, qkv.device, settings)
         dbias = torch.zeros(groups, num_heads, n_padded, n_padded, **f32)
         dpad = torch.empty(groups * num_heads * n_blocks, 2, meta["BLOCK_D"], **f32)
         dscale = torch.empty(groups * num_heads * n_blocks, **f32)
         _bwd_dkdv_tiled[(groups * num_heads * n_blocks,)](
-            qkv, dout, stats, delta, dqkv, *pointers, dbias, dpad, dscale, *qkv.stride(),
+            qkv, dout, saved, delta, dqkv, *pointers, dbias, dpad, dscale, *qkv.stride(),
             n_windows=n_windows, groups=groups, mask_value=mask_value, **common, **launch)
     LAUNCHES["bwd"] += 1
     dpad = dpad[..., :head_dim].reshape(groups, num_heads, -1, 2, head_dim).sum(dim=(0, 2))

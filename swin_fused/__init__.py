@@ -7,8 +7,12 @@
 
 Importing works without a GPU; Triton is imported only when a kernel first runs.
 """
-from swin_fused.ops import (FallbackError, not_supported_reasons, window_attention,
-                            window_attention_3d)
+from swin_fused.ops import (
+    FallbackError,
+    not_supported_reasons,
+    window_attention,
+    window_attention_3d,
+)
 from swin_fused.patching import patch, unpatch
 
 __all__ = ["window_attention", "window_attention_3d", "not_supported_reasons", "patch",

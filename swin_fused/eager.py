@@ -21,17 +21,22 @@ def _triple(v):
     return (v, v, v) if isinstance(v, int) else tuple(v)
 
 
+def windows_per_axis(size, window):
+    """Windows along each axis once it is padded to whole windows."""
+    return tuple(-(-s // w) for s, w in zip(size, window, strict=True))
+
+
 def padded_size(size, window):
     """Each axis rounded up to a multiple of its window."""
-    return tuple(-(-s // w) * w for s, w in zip(size, window))
+    return tuple(n * w for n, w in zip(windows_per_axis(size, window), window, strict=True))
 
 
 def pad(x, window, fill):
     """(B, *size, C) -> (B, *padded, C): each spatial axis extended at its end to a multiple of
     its window with `fill` (C,), the q, k, v of a padded token."""
-    for axis, w in enumerate(window, 1):
+    for axis, padded in enumerate(padded_size(x.shape[1:-1], window), 1):
         shape = list(x.shape)
-        shape[axis] = -x.shape[axis] % w
+        shape[axis] = padded - x.shape[axis]
         x = torch.cat([x, fill.expand(shape)], dim=axis)
     return x
 
@@ -52,9 +57,9 @@ def partition(x, window):
     """(B, *padded, C) -> (B * windows, N, C): windows in row-major order of their grid position,
     tokens in row-major order inside a window."""
     B, *padded, C = x.shape
-    grid = [p // w for p, w in zip(padded, window)]
+    grid = windows_per_axis(padded, window)
     axes = len(window)
-    x = x.reshape(B, *(n for pair in zip(grid, window) for n in pair), C)
+    x = x.reshape(B, *(n for pair in zip(grid, window, strict=True) for n in pair), C)
     x = x.permute(0, *range(1, 2 * axes, 2), *range(2, 2 * axes + 1, 2), 2 * axes + 1)
     return x.reshape(-1, math.prod(window), C)
 
@@ -62,7 +67,7 @@ def partition(x, window):
 def unpartition(windows, batch, padded, window):
     """partition's inverse: (B * windows, N, C) -> (B, *padded, C)."""
     C = windows.shape[-1]  # explicit: an empty batch leaves -1 ambiguous
-    grid = [p // w for p, w in zip(padded, window)]
+    grid = windows_per_axis(padded, window)
     axes = len(window)
     x = windows.reshape(batch, *grid, *window, C)
     x = x.permute(0, *(i for axis in range(1, axes + 1) for i in (axis, axis + axes)),
@@ -71,7 +76,8 @@ def unpartition(windows, batch, padded, window):
 
 
 def region_labels(size, window, shift, device):
-    """Shift-mask region of each position along one padded axis: slices (0,-w), (-w,-s), (-s,None)."""
+    """Shift-mask region of each position along one padded axis: slices (0,-w), (-w,-s),
+    (-s,None)."""
     pos = torch.arange(size, device=device)
     if shift == 0:
         # the (-w, -0) slice is empty and (-0, None) covers the axis: one region
@@ -83,7 +89,7 @@ def window_labels(padded, window, shift, device):
     """(windows per image, N): the shift-mask region of each token of each window, 3 regions per
     axis, label 3 h + w in 2-D and 9 t + 3 h + w in 3-D."""
     labels = torch.zeros((), dtype=torch.long, device=device)
-    for axis, (p, w, s) in enumerate(zip(padded, window, shift)):
+    for axis, (p, w, s) in enumerate(zip(padded, window, shift, strict=True)):
         along = region_labels(p, w, s, device) * 3 ** (len(window) - 1 - axis)
         labels = labels[..., None] + along
     return partition(labels[None, ..., None], window)[..., 0]
@@ -113,7 +119,8 @@ def window_attention_eager_3d(qkv, T, H, W, num_heads, window_size, shift_size=0
                               mask_value=MASK_VALUE):
     """window_attention_eager over a (T, H, W) map (video Swin, MONAI): qkv (B, T*H*W, 3C), window
     and shift an int or (t, h, w); windows in row-major order of (t, h, w) window index, tokens
-    row-major (t, h, w) inside; 27 shift-mask regions, label 9 t + 3 h + w. Returns (B, T*H*W, C)."""
+    row-major (t, h, w) inside; 27 shift-mask regions, label 9 t + 3 h + w.
+    Returns (B, T*H*W, C)."""
     window, shift = _triple(window_size), _triple(shift_size)
     size = (T, H, W)
     padded = padded_size(size, window)

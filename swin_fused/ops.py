@@ -13,7 +13,6 @@ it falls back with that reason.
 """
 import contextlib
 import functools
-import importlib
 import math
 import os
 import warnings
@@ -21,8 +20,14 @@ from typing import Optional
 
 import torch
 
-from swin_fused.eager import (MASK_VALUE, _pair, _triple, window_attention_eager,
-                               window_attention_eager_3d)
+from swin_fused.eager import (
+    MASK_VALUE,
+    _pair,
+    _triple,
+    window_attention_eager,
+    window_attention_eager_3d,
+    windows_per_axis,
+)
 
 MAX_WINDOW_TOKENS = 1024
 MAX_HEAD_DIM = 128  # fp32 tiles of 256 overflow shared memory
@@ -83,8 +88,8 @@ def not_supported_reasons(window_size, shift_size, head_dim, *, dtype=None, devi
     reasons = []
     if resolve_kernel(kernel) == "v1" and len(window) == 3:
         reasons.append("kernel v1 serves 2-D windows only; v2 serves 3-D")
-    if any(not 0 <= s < w for s, w in zip(shift, window)):
-        reasons.append(f"shift {shift} is not within [0, window {window})")
+    if problem := shift_problem(window, shift):
+        reasons.append(problem)
     if math.prod(window) > MAX_WINDOW_TOKENS:
         reasons.append(f"window {'x'.join(map(str, window))} has more than {MAX_WINDOW_TOKENS} "
                        "tokens")
@@ -130,6 +135,15 @@ def _installed_interpreter_problem():
     return interpreter_problem(importlib.metadata.version("triton"), numpy.__version__)
 
 
+def shift_problem(window, shift):
+    """Why a shift cannot be served, or None: each axis's shift must lie in [0, window)."""
+    axes = ("time", "height", "width")[-len(window):]
+    for axis, w, s in zip(axes, window, shift, strict=True):
+        if not 0 <= s < w:
+            return f"shift {s} along the {axis} must lie in [0, window {w})"
+    return None
+
+
 def resolve_kernel(kernel, n_windows=None, is_3d=False):
     """The kernel generation to run: `kernel`, or SWIN_FUSED_KERNEL read now, or by shape: v2 for
     3-D windows and from V2_FROM_WINDOWS windows a batch up (or n_windows unknown), v1 below."""
@@ -157,11 +171,11 @@ def _check_arguments(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, lo
     if num_heads < 1 or C3 % (3 * num_heads) != 0:
         raise ValueError(f"qkv width {C3} is not divisible by 3 * num_heads = {3 * num_heads}")
     axes = ("time", "height", "width")[-len(window):]
-    for axis, w, s in zip(axes, window, shift):
+    for axis, w in zip(axes, window, strict=True):
         if w < 1:
             raise ValueError(f"window {axis} must be >= 1, got {w}")
-        if not 0 <= s < w:
-            raise ValueError(f"shift {s} along the {axis} must lie in [0, window {w})")
+    if problem := shift_problem(window, shift):
+        raise ValueError(problem)
     n = math.prod(window)
     if rel_bias is not None and tuple(rel_bias.shape) != (num_heads, n, n):
         raise ValueError(f"rel_bias must be (heads, N, N) = ({num_heads}, {n}, {n}), "
@@ -187,7 +201,8 @@ def window_attention(qkv, H, W, num_heads, window_size, shift_size=0, *, rel_bia
                      attn_dropout=0.0, training=False, mask_value=MASK_VALUE, kernel=None):
     """Shifted-window attention from the qkv Linear's output to the proj Linear's input.
 
-    qkv:        (B, H*W, 3*heads*head_dim), the qkv Linear applied to the unpadded tokens, any strides.
+    qkv:        (B, H*W, 3*heads*head_dim), the qkv Linear applied to the unpadded tokens, any
+                strides.
     window_size, shift_size: int or (height, width); each shift in [0, window).
     rel_bias:   (heads, N, N) added to the scores (relative position bias), or None.
     qkv_bias:   (3*heads*head_dim,) the qkv Linear's bias: the q, k, v of a padded token. None = 0.
@@ -229,7 +244,7 @@ def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, s
     """Both entry points, on (T, H, W) triples: the kernels, or the eager path with its reasons."""
     size = tuple(int(s) for s in size)  # torch.jit.trace gives sizes as tensors: fixed in a trace
     two_d = size[0] == 1 and window[0] == 1
-    n_windows = qkv.shape[0] * math.prod([-(-s // w) for s, w in zip(size, window)])
+    n_windows = qkv.shape[0] * math.prod(windows_per_axis(size, window))
     kernel = resolve_kernel(kernel, n_windows, is_3d=not two_d)
     head_dim = qkv.shape[-1] // (3 * num_heads)
     scale = head_dim ** -0.5 if scale is None else float(scale)
@@ -270,9 +285,15 @@ def _direct(*tensors):
             and all(t is None or type(t) in (torch.Tensor, torch.nn.Parameter) for t in tensors))
 
 
-def _kernels(kernel):
+@functools.cache
+def _kernel_modules():
     # Triton is imported on first use, so `import swin_fused` works without it being usable
-    return importlib.import_module(f"swin_fused.kernels.{kernel}")
+    from swin_fused.kernels import v1, v2
+    return {"v1": v1, "v2": v2}
+
+
+def _kernels(kernel):
+    return _kernel_modules()[kernel]
 
 
 def _geometry(size, window, shift, roll_before_pad):
@@ -304,18 +325,19 @@ def _(qkv, rel_bias, qkv_bias, logit_scale, size, num_heads, window, shift, scal
       roll_before_pad, kernel):
     B, L, C3 = qkv.shape
     geometry = _geometry(size, window, shift, roll_before_pad)
-    stats = qkv.new_empty(_kernels(kernel).stats_shape(geometry, B, num_heads), dtype=torch.float32)
-    return qkv.new_empty(B, L, C3 // 3), stats
+    saved = qkv.new_empty(_kernels(kernel).saved_shape(geometry, B, num_heads),
+                          dtype=torch.float32)
+    return qkv.new_empty(B, L, C3 // 3), saved
 
 
-def _bwd_kernels(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, stats: torch.Tensor,
+def _bwd_kernels(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, saved: torch.Tensor,
                  rel_bias: Optional[torch.Tensor], qkv_bias: Optional[torch.Tensor],
                  logit_scale: Optional[torch.Tensor], size: list[int], num_heads: int,
                  window: list[int], shift: list[int], scale: float, mask_value: float,
                  roll_before_pad: bool, kernel: str
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _kernels(kernel).window_attention_bwd(
-        dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
+        dout, qkv, out, saved, rel_bias, qkv_bias, logit_scale,
         _geometry(size, window, shift, roll_before_pad), num_heads, scale, mask_value)
 
 
@@ -323,7 +345,7 @@ _bwd = torch.library.custom_op("swin_fused::window_attention_bwd", _bwd_kernels,
 
 
 @_bwd.register_fake
-def _(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, size, num_heads, window, shift, scale,
+def _(dout, qkv, out, saved, rel_bias, qkv_bias, logit_scale, size, num_heads, window, shift, scale,
       mask_value, roll_before_pad, kernel):
     n = math.prod(window)
     f32 = dict(dtype=torch.float32)
@@ -333,16 +355,16 @@ def _(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, size, num_heads, w
 
 def _setup_context(ctx, inputs, output):
     qkv, rel_bias, qkv_bias, logit_scale, *ctx.config = inputs
-    out, stats = output
-    ctx.save_for_backward(qkv, out, stats, rel_bias, qkv_bias, logit_scale)
+    out, saved = output
+    ctx.save_for_backward(qkv, out, saved, rel_bias, qkv_bias, logit_scale)
 
 
-def _backward(ctx, dout, _dstats):
-    qkv, out, stats, rel_bias, qkv_bias, logit_scale = ctx.saved_tensors
+def _backward(ctx, dout, _dsaved):
+    qkv, out, saved, rel_bias, qkv_bias, logit_scale = ctx.saved_tensors
     # create_graph=True: the custom op, whose own backward says there is no double backward
     bwd = _bwd if torch.is_grad_enabled() or not _direct(dout) else _bwd_kernels
     dqkv, drel_bias, dqkv_bias, dlogit_scale = bwd(
-        dout.contiguous(), qkv, out, stats, rel_bias, qkv_bias, logit_scale, *ctx.config)
+        dout.contiguous(), qkv, out, saved, rel_bias, qkv_bias, logit_scale, *ctx.config)
 
     def cast(grad, like):
         return None if like is None else grad.to(like.dtype).view_as(like)
@@ -363,8 +385,8 @@ class _WindowAttention(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, dout, dstats):
-        return _backward(ctx, dout, dstats)
+    def backward(ctx, dout, dsaved):
+        return _backward(ctx, dout, dsaved)
 
 
 def _no_double_backward(ctx, *grads):

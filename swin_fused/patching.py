@@ -18,20 +18,16 @@ submodule the fused path skips runs the library's own forward, and the fused met
 the module's own does on a small input (swin_fused.verification, unless verify=False). Any other
 module keeps its own code, with the reasons warned (an error in strict mode).
 """
-import importlib
 import logging
 
 import torch
 
 from swin_fused import verification
+from swin_fused.families import article, huggingface, monai, timm, torchvision, torchvision_video
 from swin_fused.ops import fallback
 
-FAMILIES = ("article", "torchvision", "torchvision_video", "timm", "monai", "huggingface")
+FAMILIES = (article, torchvision, torchvision_video, timm, monai, huggingface)
 log = logging.getLogger("swin_fused")
-
-
-def _families():
-    return [importlib.import_module(f"swin_fused.families.{name}") for name in FAMILIES]
 
 
 SCRIPT_REFUSAL = ("swin_fused: torch.jit.script cannot hold {}'s fused Triton attention; script "
@@ -60,7 +56,7 @@ _fused_classes = {}
 def _fused_class(cls):
     """The fused subclass of `cls`, a family's attention class or a subclass of one, made once."""
     if cls not in _fused_classes:
-        family = next((f for f in _families() if issubclass(cls, f.classes())), None)
+        family = next((f for f in FAMILIES if issubclass(cls, f.classes())), None)
         if family is None:
             raise TypeError(f"{cls.__qualname__} is not an attention class swin_fused can fuse")
         name = f"Fused{cls.__name__}"
@@ -97,7 +93,7 @@ def _unfused_class(cls):
 def _functionals():
     """{eager functional: fused functional} of the families with FX-wrapped ones (torchvision)."""
     swaps = {}
-    for family in _families():
+    for family in FAMILIES:
         swaps.update(getattr(family, "functionals", dict)())
     return swaps
 
@@ -170,7 +166,7 @@ def patch(model, *, verify=True):
     Hugging Face's Swin, Swinv2, DonutSwin and MaskFormerSwin).
     """
     fused, kept = 0, 0
-    for family in _families():
+    for family in FAMILIES:
         classes = family.classes()
         for module in model.modules():
             if not isinstance(module, classes):
@@ -196,7 +192,8 @@ def patch(model, *, verify=True):
     fused += len(_graph_calls(model, set(swaps.values())))
     if fused + kept == 0:
         raise ValueError(
-            f"swin_fused.patch found no shifted-window attention to fuse in {type(model).__name__}: "
+            "swin_fused.patch found no shifted-window attention to fuse in "
+            f"{type(model).__name__}: "
             "supported are swin_fused.reference, torchvision.models.swin_* / swin_v2_* and "
             "torchvision.models.video.swin3d_* (also traced by torch.fx), timm's swin_* / "
             "swinv2_* models, MONAI's SwinUNETR and Hugging Face transformers' Swin, Swinv2, "

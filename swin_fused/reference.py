@@ -1,4 +1,5 @@
-"""The seed article's eager Swin Transformer, the exact reference every fused result is checked against.
+"""The seed article's eager Swin Transformer, the exact reference every fused result is checked
+against.
 
 Names, constructor arguments, module names and state_dict keys follow the article, quirks included:
 every odd block is shifted even when the map is smaller than the window, the shift mask uses -100,
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 
 def window_partition(x, window_size):
-    """(B, H, W, C) -> (B * nW, ws, ws, C), windows in row-major order of (window row, window col)."""
+    """(B, H, W, C) -> (B * nW, ws, ws, C), windows in row-major order of (window row, column)."""
     b, h, w, c = x.shape
     x = x.view(b, h // window_size, window_size, w // window_size, window_size, c)
     return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, window_size, window_size, c)
@@ -38,7 +39,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x):
         _, _, h, w = x.shape
-        # the article pads both sides by `patch - side % patch` as soon as either side is not divisible
+        # the article pads both sides by `patch - side % patch` once either side is not divisible
         if (h % self.patch_size[0] != 0) or (w % self.patch_size[1] != 0):
             x = F.pad(x, (0, self.patch_size[1] - w % self.patch_size[1],
                           0, self.patch_size[0] - h % self.patch_size[0], 0, 0))

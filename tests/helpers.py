@@ -1,4 +1,5 @@
-"""Shared test tools: the device, the tolerance table, fused-vs-eager comparison, kernel launches.
+"""Shared test tools: the device and the checkout, the tolerance table, random model biases,
+fused-vs-eager and patched-vs-unpatched comparisons, kernel launches.
 
 Tolerances hold on any machine: PyTorch's CPU kernels round differently per vector width
 (ATEN_CPU_CAPABILITY=default/avx2/avx512) and thread count, and the interpreter's tl.dot runs in
@@ -10,14 +11,22 @@ fraction of its terms (timm V2's logit_scale at batch 1) measures neither: test 
 """
 import contextlib
 import copy
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import swin_fused
+from swin_fused import patching
 from swin_fused.verification import TOLERANCES, error_bound, joined, relative_error
 from tests.conftest import DEVICE
 
 ON_GPU = DEVICE == "cuda"
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
+# the q, k and v biases of every family: a joined qkv Linear, timm V2's q_bias and v_bias, and
+# Hugging Face's three Linears (q_proj or query, ...)
+QKV_BIASES = ("qkv.bias", "q_bias", "v_bias", "q_proj.bias", "k_proj.bias", "v_proj.bias",
+              "query.bias", "key.bias", "value.bias")
 
 
 def assert_close(actual, expected, rtol, name="tensor"):
@@ -55,22 +64,24 @@ def assert_as_accurate_as_eager(fused, eager, reference, dtype, name="tensor"):
         f"error + {TOLERANCES[dtype].floor:.0e}; {_worst(fused, reference)}")
 
 
-def randomized(model):
-    """Non-zero qkv biases and bias tables, so padded keys and the position bias matter."""
-    torch.manual_seed(0)
+def randomized(model, seed=0, table_scale=1.0, dtype=torch.float32, norm_scale=None):
+    """`model` on DEVICE in `dtype` with random non-zero biases, so that padded keys and the
+    position bias matter: relative position bias tables ~ N(0, table_scale), qkv biases
+    ~ N(0, 0.5), V2's logit scales from exp(0) to past the clamp at log(100) = 4.6, and, where
+    norm_scale is given, norm weights ~ N(1, norm_scale) (timm V2 starts its post-norms at zero,
+    which would hide the attention branch)."""
+    torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("qkv.bias") or name.endswith("relative_position_bias_table"):
-                p.normal_(0, 0.5)
-    return model.to(DEVICE)
-
-
-def outputs(model, x):
-    """The output and the gradient of every parameter, for the loss out.square().sum()."""
-    model.zero_grad(set_to_none=True)
-    out = model(x)
-    out.square().sum().backward()
-    return [out] + [p.grad for p in model.parameters()]
+            if "relative_position_bias_table" in name:
+                p.normal_(0.0, table_scale)
+            elif name.endswith(QKV_BIASES):
+                p.normal_(0.0, 0.5)
+            elif "logit_scale" in name:
+                p.copy_(torch.linspace(0.0, 5.0, p.numel()).view_as(p))
+            elif norm_scale is not None and "norm" in name and name.endswith("weight"):
+                p.normal_(1.0, norm_scale)
+    return model.to(DEVICE, dtype)
 
 
 @contextlib.contextmanager
@@ -112,53 +123,78 @@ def assert_fused_as_accurate_as_eager(fused, eager, qkv, params, config, dout, l
     assert launches == {"fwd": 1, "bwd": 1}
     same_dtype = op_grads(eager, qkv, params, config, dout)
     expected = op_grads(eager, qkv.double(), as_float64(params), config, dout.double())
-    for name, g, e, ref in zip(grad_names(params), got, same_dtype, expected):
+    for name, g, e, ref in zip(grad_names(params), got, same_dtype, expected, strict=True):
         assert g.dtype == e.dtype, f"{label} {name}: {g.dtype} != eager's {e.dtype}"
         assert_as_accurate_as_eager(g, e, ref, qkv.dtype, f"{label} {name}")
     return got
 
 
 def output_and_grads(model, x):
-    """The joined output of `model` for x and the gradient of every parameter, {name: grad}, for
-    the loss sum(out * g), g a fixed random tensor of the output's shape."""
+    """{"output": the joined output of `model` for x, "grad of <name>": every parameter's
+    gradient}, for the loss sum(out * g), g a fixed random tensor of the output's shape."""
     model.zero_grad(set_to_none=True)
     out = joined(model(x))
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(out.numel()))
     (out * g.to(out)).sum().backward()
-    return out.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return {"output": out.detach(), **parameter_grads(model)}
 
 
-def _grouped(grads, group):
-    """{name: grad} with the gradients whose group(name) is the same joined into one flat tensor."""
-    joined = {}
-    for name, grad in grads.items():
-        joined.setdefault(group(name), []).append(grad.flatten())
-    return {key: torch.cat(parts) for key, parts in joined.items()}
+def parameter_grads(model):
+    """{"grad of <name>": gradient} of every parameter of `model` that has one."""
+    return {f"grad of {n}": p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-def assert_patched_matches_unpatched(reference, x, group=None):
-    """A patched copy of the fp32 model `reference` against it, both against a float64 copy: the
-    output and every parameter gradient, with the Triton kernels run. `group(name)`, where given,
-    joins gradients measured as one (a key bias's gradient is zero but for rounding, as softmax
-    ignores a shift shared by a row: measured with the query and value biases', as a joined qkv
-    bias is). Returns (patched model, kernel launches)."""
-    import swin_fused
+def assert_matches_unpatched(got, reference, run, *inputs):
+    """`got`, what run(patched model, *inputs) gave ({name: tensor}), is as accurate as what the
+    unpatched fp32 model `reference` gives: both against a float64 copy of `reference`."""
+    eager = run(copy.deepcopy(reference), *inputs)
+    exact = run(copy.deepcopy(reference).double(), *(t.double() for t in inputs))
+    assert got.keys() == exact.keys()
+    for name, expected in exact.items():
+        assert_as_accurate_as_eager(got[name], eager[name], expected, torch.float32, name)
+
+
+def assert_patched_matches_unpatched(reference, *inputs, run=output_and_grads):
+    """A patched copy of the fp32 model `reference` matches it (assert_matches_unpatched), the
+    Triton kernels run forward and backward. Returns (patched model, kernel launches)."""
     model = swin_fused.patch(copy.deepcopy(reference))
     with kernel_launches() as launches:
-        out, grads = output_and_grads(model, x)
+        got = run(model, *inputs)
     assert launches.get("fwd", 0) > 0 and launches.get("bwd", 0) > 0, \
         f"the Triton kernels did not run: {launches}"
-    eager, eager_grads = output_and_grads(reference, x)
-    exact, exact_grads = output_and_grads(copy.deepcopy(reference).double(), x.double())
-    if group is not None:
-        grads, eager_grads, exact_grads = (_grouped(g, group)
-                                           for g in (grads, eager_grads, exact_grads))
-    assert_as_accurate_as_eager(out, eager, exact, torch.float32, "output")
-    assert grads.keys() == exact_grads.keys()
-    for name, grad in exact_grads.items():
-        assert_as_accurate_as_eager(grads[name], eager_grads[name], grad, torch.float32,
-                                    f"grad of {name}")
+    assert_matches_unpatched(got, reference, run, *inputs)
     return model, launches
+
+
+def assert_fx_feature_extractor_fused_either_way(reference, x, nodes, n_layers):
+    """torchvision's FX feature extractor of the fp32 model `reference` at `nodes`, traced after
+    patching and patched after tracing: each fuses its `n_layers` layers (patching again changes
+    nothing), matches the unpatched extractor, and unpatches."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+    eager = create_feature_extractor(reference, nodes)(x)
+    exact = create_feature_extractor(copy.deepcopy(reference).double(), nodes)(x.double())
+    models = {
+        # the fused functional is an FX leaf, as torchvision's is
+        "traced after patching": create_feature_extractor(
+            swin_fused.patch(copy.deepcopy(reference)), nodes),
+        # patching a traced model swaps the calls of torchvision's functional in its graph
+        "patched after tracing": swin_fused.patch(create_feature_extractor(
+            copy.deepcopy(reference), nodes)),
+    }
+    for label, model in models.items():
+        assert patching.patched_count(model) == n_layers, label
+        assert patching.patched_count(swin_fused.patch(model)) == n_layers, label
+        with kernel_launches() as launches:
+            got = model(x)
+        assert launches == {"fwd": n_layers}, label
+        for node in nodes:
+            assert_as_accurate_as_eager(got[node], eager[node], exact[node], torch.float32,
+                                        f"{label}: {node}")
+        swin_fused.unpatch(model)
+        assert patching.patched_count(model) == 0, label
+        with kernel_launches() as launches:
+            model(x)
+        assert not launches, label
 
 
 # eager shuffles a fused attention path must not run
@@ -193,8 +229,6 @@ class OpsInside(TorchDispatchMode):
 def assert_patched_runs_no_eager_shuffles(model, targets, x):
     """Inside the modules `targets(model)` (the fused classes' instances), the unpatched forward of
     x runs a roll (the recorder works) and the patched one the fused op and no eager shuffle."""
-    import swin_fused
-
     def ops(model):
         with torch.no_grad(), OpsInside(targets(model)) as mode:
             model(x)

@@ -126,7 +126,7 @@ def test_targets_of_the_captured_cases_and_the_model_level_peers():
     doc["benchmarks"] = [bench(hf, "sdpa", 0.4), bench(hf, "fused", 0.2),
                          bench(swin_t, "eager", 0.1), bench(swin_t, "fused+cudagraph", 0.09)]
     targets = {target[0]: status for target, (status, _) in
-               zip(summarize.TARGETS, summarize.target_lines(summarize.results(doc)))}
+               zip(summarize.TARGETS, summarize.target_lines(summarize.results(doc)), strict=True)}
     assert targets["HF Swin-T 224 train: fused faster than HF's sdpa"] == "PASS"  # 2x
     assert targets["Swin-T 224 train in a CUDA graph >= 1.25x eager"] == "FAIL"  # 1.11x
     assert targets["SwinUNETR 96^3 inference: fused faster than MONAI's SDPA"] == "NO DATA"

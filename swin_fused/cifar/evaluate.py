@@ -45,7 +45,7 @@ def accuracy_table(predictions, labels, classes):
     total = torch.bincount(labels, minlength=n)
     width = max(len("overall"), *(len(name) for name in classes))
     rows = [f"{'class':<{width}}  accuracy  correct / total"]
-    for name, right, count in [*zip(classes, correct.tolist(), total.tolist()),
+    for name, right, count in [*zip(classes, correct.tolist(), total.tolist(), strict=True),
                                ("overall", int(correct.sum()), len(labels))]:
         accuracy = f"{100 * right / count:7.2f}%" if count else "       -"
         rows.append(f"{name:<{width}}  {accuracy}  {right:>7} / {count}")

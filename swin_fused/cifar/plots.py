@@ -39,7 +39,7 @@ def save_prediction_grid(images, labels, predictions, classes, path, columns=8):
     columns = min(columns, len(images))
     rows = math.ceil(len(images) / columns)
     figure = Figure(figsize=(2 * columns, 2.2 * rows))
-    for i, (image, label, predicted) in enumerate(zip(images, labels, predictions)):
+    for i, (image, label, predicted) in enumerate(zip(images, labels, predictions, strict=True)):
         axes = figure.add_subplot(rows, columns, i + 1, xticks=[], yticks=[])
         axes.imshow(unnormalize(image).permute(1, 2, 0).numpy())
         axes.set_title(f"{classes[predicted]} ({classes[label]})", fontsize=9,

@@ -24,9 +24,9 @@ def predict(args):
         probabilities = torch.cat([model(chunk.to(device)).softmax(1).cpu()
                                    for chunk in batch.split(BATCH_SIZE)])
     top = probabilities.topk(min(args.top, len(config["classes"])), dim=1)
-    for source, values, indices in zip(args.images, top.values, top.indices):
+    for source, values, indices in zip(args.images, top.values, top.indices, strict=True):
         ranked = ", ".join(f"{config['classes'][i]} {p:.1%}"
-                           for p, i in zip(values.tolist(), indices.tolist()))
+                           for p, i in zip(values.tolist(), indices.tolist(), strict=True))
         print(f"{source}: {ranked}")
 
 

@@ -443,7 +443,7 @@ def train_one_epoch(run, loaders, args, processes):
     run.recipe.epoch_done(run.scheduler, train_loss)
     run.epoch += 1
     for key, value in zip(HISTORY_KEYS, (train_loss, train_acc, test_loss, test_acc, lr,
-                                         epoch_time, n_images / train_time)):
+                                         epoch_time, n_images / train_time), strict=True):
         run.history[key].append(value)
     if processes.is_main:
         print(f"Epoch [{run.epoch:>3d}/{args.epochs:>3d}] Train Loss:{train_loss:.6f} "

@@ -9,8 +9,14 @@ import contextlib
 
 from swin_fused import reference
 from swin_fused.eager import MASK_VALUE, window_labels
-from swin_fused.families import (first_parameter, hooked, hooks_reason, missing_attributes,
-                                 sample_tensor, signature_reason)
+from swin_fused.families import (
+    first_parameter,
+    hooked,
+    hooks_reason,
+    missing_attributes,
+    sample_tensor,
+    signature_reason,
+)
 from swin_fused.ops import fallback, not_supported_reasons, window_attention
 
 METHOD = "forward"

@@ -40,8 +40,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from swin_fused.eager import MASK_VALUE
-from swin_fused.families import (first_parameter, hooked, hooks_reason, missing_attributes,
-                                 sample_tensor, signature_reason, wrapped_reason)
+from swin_fused.families import (
+    first_parameter,
+    hooked,
+    hooks_reason,
+    missing_attributes,
+    sample_tensor,
+    signature_reason,
+    wrapped_reason,
+)
 from swin_fused.ops import fallback, not_supported_reasons, window_attention
 
 METHOD = "forward"
@@ -174,7 +181,7 @@ def _projected_qkv(x, linears):
     bias = None
     if any(b is not None for b in biases):
         bias = torch.cat([b if b is not None else m.weight.new_zeros(m.out_features)
-                          for b, m in zip(biases, linears)])
+                          for b, m in zip(biases, linears, strict=True)])
     if all(type(m) is nn.Linear for m in linears) and not hooked(dict(enumerate(linears))):
         return F.linear(x, torch.cat([m.weight for m in linears]), bias), bias
     return torch.cat([m(x) for m in linears], dim=-1), bias

@@ -20,8 +20,14 @@ import contextlib
 import math
 import sys
 
-from swin_fused.families import (first_parameter, hooked, hooks_reason, missing_attributes,
-                                 sample_tensor, signature_reason)
+from swin_fused.families import (
+    first_parameter,
+    hooked,
+    hooks_reason,
+    missing_attributes,
+    sample_tensor,
+    signature_reason,
+)
 from swin_fused.ops import fallback, not_supported_reasons, window_attention, window_attention_3d
 
 METHOD = "forward_part1"

@@ -1,4 +1,5 @@
-"""timm's Swin models (swin_*, swinv2_*): fuse SwinTransformerBlock._attn / SwinTransformerV2Block._attn.
+"""timm's Swin models (swin_*, swinv2_*): fuse SwinTransformerBlock._attn and
+SwinTransformerV2Block._attn.
 
 `_attn` takes norm1's (V1) or the block input's (V2) (B, H, W, C) map and does roll, pad, partition,
 attention, reverse, crop and roll back; the fused `_attn` runs qkv -> window_attention -> proj on
@@ -19,8 +20,14 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from swin_fused.families import (first_parameter, hooked, hooks_reason, missing_attributes,
-                                 sample_tensor, signature_reason)
+from swin_fused.families import (
+    first_parameter,
+    hooked,
+    hooks_reason,
+    missing_attributes,
+    sample_tensor,
+    signature_reason,
+)
 from swin_fused.ops import fallback, not_supported_reasons, window_attention
 
 METHOD = "_attn"
@@ -77,7 +84,7 @@ def skipped(block):
 
 
 def _cosine_inputs(attn):
-    """V2: the effective qkv bias, the clamped and exp'ed logit scale and the dense position bias."""
+    """V2: the effective qkv bias, the clamped and exp'ed logit scale, the dense position bias."""
     qkv_bias = None
     if attn.q_bias is not None:
         qkv_bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))

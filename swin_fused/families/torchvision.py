@@ -17,8 +17,14 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from swin_fused.families import (first_parameter, missing_attributes, sample_tensor,
-                                 signature_reason, wrapped_reason)
+from swin_fused.eager import padded_size
+from swin_fused.families import (
+    first_parameter,
+    missing_attributes,
+    sample_tensor,
+    signature_reason,
+    wrapped_reason,
+)
 from swin_fused.ops import not_supported_reasons, window_attention
 
 METHOD = "forward"
@@ -61,8 +67,9 @@ def fused_shifted_window_attention(input, qkv_weight, proj_weight, relative_posi
     """torchvision's `shifted_window_attention` on the fused op: same arguments, same result."""
     B, H, W, C = input.shape
     # torchvision drops the shift on an axis where one window covers the padded map
-    shift = [0 if w >= -(-size // w) * w else s
-             for size, w, s in zip((H, W), window_size, shift_size)]
+    shift = [0 if w >= padded else s
+             for padded, w, s in zip(padded_size((H, W), window_size), window_size, shift_size,
+                                     strict=True)]
     if logit_scale is not None:
         if qkv_bias is not None:
             qkv_bias = qkv_bias.clone()

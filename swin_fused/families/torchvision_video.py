@@ -16,8 +16,13 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from swin_fused.families import (first_parameter, missing_attributes, sample_tensor,
-                                 signature_reason, wrapped_reason)
+from swin_fused.families import (
+    first_parameter,
+    missing_attributes,
+    sample_tensor,
+    signature_reason,
+    wrapped_reason,
+)
 from swin_fused.ops import not_supported_reasons, window_attention_3d
 
 METHOD = "forward"

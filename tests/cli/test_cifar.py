@@ -19,15 +19,23 @@ import torchvision
 from PIL import Image
 
 import swin_fused
-
 from swin_fused.cifar import checkpoint as ckpt
 from swin_fused.cifar import models
 from swin_fused.cifar import train as train_module
 from swin_fused.cifar.cli import main
-from tests.cifar_tools import (CLASSES, TINY, TINY_MODEL, assert_one_line_error, image_folder,
-                               random_images, run_cli, train_tiny)
-from tests.conftest import DEVICE
-from tests.helpers import assert_close, kernel_launches
+from tests.cli.cifar_tools import (
+    CLASSES,
+    RTOL,
+    TINY,
+    TINY_MODEL,
+    assert_one_line_error,
+    random_images,
+    run_cli,
+    train_tiny,
+)
+from tests.helpers import DEVICE, assert_close, kernel_launches
+
+pytestmark = pytest.mark.cli
 
 SCALARS = {"loss/train", "loss/test", "accuracy/train", "accuracy/test", "learning_rate"}
 
@@ -146,7 +154,7 @@ def test_fused_training_matches_eager_step_by_step():
                                         recipe)[0]
                 for images, labels in batches])
         assert (sum(launches.values()) > 0) == (name == "fused")
-    assert_close(losses["fused"], losses["eager"], rtol=1e-4, name="loss per step")
+    assert_close(losses["fused"], losses["eager"], RTOL, name="loss per step")
 
 
 def test_resume_gives_the_same_history(capsys, image_folder, tmp_path):

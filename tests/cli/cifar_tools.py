@@ -1,5 +1,5 @@
 """Shared tools of the CIFAR command-line tests: tiny generated datasets, running the CLI in this
-process, and the checks of its one-line errors."""
+process, the checks of its one-line errors, and the tolerance of runs that differ in rounding."""
 import os
 
 import numpy as np
@@ -8,7 +8,7 @@ from PIL import Image
 
 from swin_fused.cifar import models
 from swin_fused.cifar.cli import PROG, main
-from tests.conftest import DEVICE
+from tests.helpers import DEVICE
 
 CLASSES = ["cat", "dog", "ship"]
 TINY_MODEL = {"arch": models.ARTICLE, "embed_dim": 16, "depths": [2], "heads": [1],
@@ -16,6 +16,10 @@ TINY_MODEL = {"arch": models.ARTICLE, "embed_dim": 16, "depths": [2], "heads": [
 # one window per 8x8 image (patch 2 -> 4x4 tokens), so an interpreted fused epoch takes seconds
 TINY = ["--embed-dim", "16", "--depths", "2", "--heads", "1", "--window-size", "4",
         "--batch-size", "4", "--workers", "0", "--device", DEVICE, "--seed", "0"]
+EAGER = ("--no-fused",)
+# two runs that differ in float rounding only (sums in another order, the fused op's), through
+# a few optimizer steps
+RTOL = 1e-4
 
 
 def random_images(rng, n, size=32):
@@ -31,12 +35,6 @@ def make_image_folder(root, train_per_class=4, test_per_class=2, size=32, seed=0
             for i, pixels in enumerate(random_images(rng, per_class, size)):
                 Image.fromarray(pixels).save(root / split / name / f"{i}.png")
     return root
-
-
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    """train/<class>/*.png (4 per class) and test/<class>/*.png (2 per class)."""
-    return make_image_folder(tmp_path_factory.mktemp("folders"))
 
 
 def run_cli(capsys, *argv):

@@ -1,4 +1,5 @@
-"""The fused op against the plain-PyTorch op (swin_fused.eager) in float64: outputs and all gradients."""
+"""The fused op against the plain-PyTorch op (swin_fused.eager) in float64: outputs and all
+gradients."""
 import functools
 import importlib
 import warnings
@@ -9,10 +10,17 @@ import torch
 import swin_fused
 from swin_fused import ops
 from swin_fused.eager import window_attention_eager
-from tests.conftest import DEVICE
-from tests.helpers import (ON_GPU, as_float64, assert_as_accurate_as_eager,
-                           assert_fused_as_accurate_as_eager, grad_names, kernel_launches,
-                           op_grads, relative_error)
+from swin_fused.verification import relative_error
+from tests.helpers import (
+    DEVICE,
+    ON_GPU,
+    as_float64,
+    assert_as_accurate_as_eager,
+    assert_fused_as_accurate_as_eager,
+    grad_names,
+    kernel_launches,
+    op_grads,
+)
 
 pytestmark = pytest.mark.usefixtures("kernel_generation")
 
@@ -68,7 +76,7 @@ def test_half_precision_as_accurate_as_eager(case, dtype):
                                       params, config, dout, f"{case} {dtype}")
 
 
-@pytest.mark.skipif(not ON_GPU, reason="autocast to bf16 needs a GPU (the interpreter's bf16 dot)")
+@pytest.mark.gpu(reason="autocast to bf16 needs a GPU (the interpreter's bf16 dot)")
 def test_autocast_bf16_matches_eager():
     qkv, params, config, dout = make_inputs(*CASES["pad-shift"])
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -76,7 +84,7 @@ def test_autocast_bf16_matches_eager():
         eager = op_grads(window_attention_eager, qkv.bfloat16(), params, config, dout)
     expected = op_grads(window_attention_eager, qkv.bfloat16().double(), as_float64(params),
                         config, dout.double())
-    for name, g, e, ref in zip(grad_names(params), got, eager, expected):
+    for name, g, e, ref in zip(grad_names(params), got, eager, expected, strict=True):
         assert_as_accurate_as_eager(g, e, ref, torch.bfloat16, f"autocast {name}")
 
 
@@ -126,12 +134,11 @@ def test_custom_op_route_equals_direct_route(case, kernel_generation):
         assert not ops._direct(qkv)
         routed = op_grads(swin_fused.window_attention, qkv, params, config, dout)
     assert launches == {"fwd": 1, "bwd": 1}
-    for name, a, b in zip(grad_names(params), direct, routed):
+    for name, a, b in zip(grad_names(params), direct, routed, strict=True):
         assert torch.equal(a, b), name
 
 
-@pytest.mark.skipif(not ON_GPU, reason="races show on a GPU only: the interpreter runs one program "
-                                       "at a time")
+@pytest.mark.gpu(reason="races show on a GPU only: the interpreter runs one program at a time")
 def test_backward_is_bitwise_reproducible_at_swin_t_stage1():
     """flash-attention's race test: the backward at Swin-T stage 1 (batch 128, bf16) run 50 times
     gives bitwise-equal qkv, relative-bias and qkv-bias gradients."""
@@ -148,12 +155,13 @@ def test_backward_is_bitwise_reproducible_at_swin_t_stage1():
     first = torch.autograd.grad(out, leaves, dout, retain_graph=True)
     for _ in range(49):
         again = torch.autograd.grad(out, leaves, dout, retain_graph=True)
-        for name, a, b in zip(["dqkv", "drel_bias", "dqkv_bias"], first, again):
+        for name, a, b in zip(["dqkv", "drel_bias", "dqkv_bias"], first, again, strict=True):
             assert torch.equal(a, b), f"{name} differs between two runs of the backward"
 
 
 def test_strided_qkv_and_offsets_past_int32():
-    """A batch stride beyond 2**31 elements over one buffer: only the two used slices are touched."""
+    """A batch stride beyond 2**31 elements over one buffer: only the two used slices are
+    touched."""
     B, H, W, heads, head_dim = 2, 5, 6, 1, 16
     c3 = 3 * heads * head_dim
     stride = 2 ** 31 + 64
@@ -190,7 +198,7 @@ def test_every_tensor_argument_takes_any_strides():
     assert launches == {"fwd": 1, "bwd": 1}
     eager = outputs(window_attention_eager, torch.float32)
     expected = outputs(window_attention_eager, torch.float64)
-    for name, g, e, ref in zip(["out", *leaves], got, eager, expected):
+    for name, g, e, ref in zip(["out", *leaves], got, eager, expected, strict=True):
         assert_as_accurate_as_eager(g, e, ref, torch.float32, name)
 
 
@@ -199,7 +207,7 @@ def test_empty_batch_in_both_directions():
     qkv, dout = qkv[:0], dout[:0]
     got = op_grads(swin_fused.window_attention, qkv, params, config, dout)
     expected = op_grads(window_attention_eager, qkv, params, config, dout)
-    for name, g, e in zip(grad_names(params), got, expected):
+    for name, g, e in zip(grad_names(params), got, expected, strict=True):
         assert g.shape == e.shape and torch.equal(g, torch.zeros_like(g)), name
 
 
@@ -326,7 +334,7 @@ def test_support_check_returns_every_reason():
                                                device=torch.device("meta"), attn_dropout=0.1,
                                                training=True)
     assert reasons == [
-        "shift (40, 0) is not within [0, window (33, 33))",
+        "shift 40 along the height must lie in [0, window 33)",
         "window 33x33 has more than 1024 tokens", "head dim 160 is over 128",
         "dtype torch.float64 is not one of float16, bfloat16, float32",
         "device meta has no Triton backend here",

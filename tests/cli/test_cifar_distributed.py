@@ -20,16 +20,15 @@ import torch
 
 from swin_fused.cifar import checkpoint as ckpt
 from swin_fused.cifar.cli import PROG
-from tests.cifar_tools import CLASSES, make_image_folder, run_cli, run_main, usage_error
-from tests.helpers import assert_close
+from tests.cli.cifar_tools import CLASSES, RTOL, make_image_folder, run_cli, run_main, usage_error
+from tests.helpers import ROOT, assert_close
+
+pytestmark = pytest.mark.cli
 
 WORKER = Path(__file__).with_name("cifar_torchrun_worker.py")
-CHECKOUT = str(Path(__file__).resolve().parents[1])
 OPTIONS = ["--embed-dim", "16", "--depths", "2", "--heads", "2", "--window-size", "4",
            "--image-size", "8", "--batch-size", "6", "--workers", "0", "--device", "cpu",
            "--no-fused", "--augment", "--seed", "3"]
-# float rounding of sums in another order, through a few Adam steps
-RTOL = 1e-4
 
 
 def torchrun(n_processes, *argv, env=None, timeout=240):
@@ -42,7 +41,7 @@ def worker_env(extra=None):
     """This environment with the checkout first on PYTHONPATH: a worker runs as a script, which
     puts tests/ on its path, not the folder pytest runs in, and must import the code under test
     whether or not it is installed."""
-    path = os.pathsep.join(filter(None, [CHECKOUT, os.environ.get("PYTHONPATH")]))
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, **(extra or {})}
 
 
@@ -127,6 +126,7 @@ def test_resume_two_processes_on_one(capsys, two_processes, one_process, data_di
     assert_same_run(torch.load(tmp_path / "last.pt", weights_only=True), one_process[3])
 
 
+@pytest.mark.slow
 def test_fsdp_on_three_resumes_two_and_one_process_resumes_it(capsys, two_processes,
                                                              one_process, data_dir, tmp_path):
     run_dir, _ = two_processes

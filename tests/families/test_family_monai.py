@@ -19,9 +19,15 @@ import torch
 import swin_fused
 from swin_fused import patching
 from swin_fused.families import monai as monai_family
-from tests.conftest import DEVICE
-from tests.helpers import (assert_as_accurate_as_eager, assert_patched_matches_unpatched,
-                           assert_patched_runs_no_eager_shuffles, joined, kernel_launches)
+from swin_fused.verification import joined
+from tests.helpers import (
+    DEVICE,
+    assert_as_accurate_as_eager,
+    assert_patched_matches_unpatched,
+    assert_patched_runs_no_eager_shuffles,
+    kernel_launches,
+    randomized,
+)
 
 pytest.importorskip("monai", reason="MONAI is not installed: pip install monai einops")
 pytest.importorskip("einops", reason="MONAI's SwinUNETR needs einops: pip install einops")
@@ -33,23 +39,12 @@ def kernel_v2(monkeypatch):
     monkeypatch.setenv("SWIN_FUSED_KERNEL", "v2")
 
 
-def randomized(model):
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "relative_position_bias_table" in name:
-                p.normal_(0.0, 1.0)
-            elif name.endswith("qkv.bias"):
-                p.normal_(0.0, 0.5)
-    return model.to(DEVICE).eval()
-
-
 def backbone_3d(use_v2):
     from monai.networks.nets.swin_unetr import SwinTransformer
     torch.manual_seed(0)
     return randomized(SwinTransformer(
         in_chans=1, embed_dim=12, window_size=(2, 3, 3), patch_size=(2, 2, 2),
-        depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), spatial_dims=3, use_v2=use_v2))
+        depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), spatial_dims=3, use_v2=use_v2), seed=1).eval()
 
 
 def swin_unetr_2d(use_v2):
@@ -57,7 +52,7 @@ def swin_unetr_2d(use_v2):
     torch.manual_seed(0)
     return randomized(SwinUNETR(in_channels=1, out_channels=2, feature_size=12, spatial_dims=2,
                                 depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), window_size=7,
-                                use_v2=use_v2))
+                                use_v2=use_v2), seed=1).eval()
 
 
 def volume():

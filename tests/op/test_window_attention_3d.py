@@ -6,8 +6,7 @@ import torch.nn.functional as F
 
 import swin_fused
 from swin_fused.eager import window_attention_eager, window_attention_eager_3d
-from tests.conftest import DEVICE
-from tests.helpers import assert_close, assert_fused_as_accurate_as_eager
+from tests.helpers import DEVICE, assert_close, assert_fused_as_accurate_as_eager
 
 # (B, T, H, W, heads, head_dim, window, shift, rel_bias, qkv_bias, cosine, roll_before_pad)
 CASES = {

@@ -24,7 +24,8 @@ def test_swin_t_size_and_output_match_torchvision():
 
 def test_shift_mask_matches_the_articles_region_table():
     # the article's comment: a 9x9 map, window 3, shift 1
-    table = torch.tensor([[0] * 6 + [1, 1, 2]] * 6 + [[3] * 6 + [4, 4, 5]] * 2 + [[6] * 6 + [7, 7, 8]])
+    table = torch.tensor([[0] * 6 + [1, 1, 2]] * 6 + [[3] * 6 + [4, 4, 5]] * 2
+                         + [[6] * 6 + [7, 7, 8]])
     layer = R.BasicLayer(dim=8, depth=2, n_heads=1, window_size=3)
     mask = layer.create_mask(torch.zeros(1), 9, 9)
     labels = R.window_partition(table[None, :, :, None].float(), 3).view(-1, 9)
@@ -56,7 +57,8 @@ def test_state_dict_uses_the_articles_names():
     keys = set(R.swin_cifar(patch_size=2, n_classes=10, mlp_ratio=1).state_dict())
     for key in ["patch_embed.proj.weight", "patch_embed.norm.weight",
                 "layers.0.blocks.1.attn.qkv.weight", "layers.0.blocks.1.attn.relative_pos_idx",
-                "layers.0.blocks.1.attn.relative_position_bias_table", "layers.0.blocks.0.norm1.bias",
+                "layers.0.blocks.1.attn.relative_position_bias_table",
+                "layers.0.blocks.0.norm1.bias",
                 "layers.1.blocks.5.mlp.fc2.weight", "layers.1.downsample.reduction.weight",
                 "layers.1.downsample.norm.weight", "norm.weight", "head.bias"]:
         assert key in keys, key

@@ -3,10 +3,7 @@ does not recognise, or upstream code that computes something else keeps its own 
 TorchScript refuses a patched model in one line, torch.jit.trace and FX (timm too) record the op.
 """
 import copy
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,10 +11,9 @@ import torch
 import swin_fused
 from swin_fused import patching, verification
 from swin_fused import reference as R
-from tests.helpers import assert_as_accurate_as_eager, kernel_launches
-from tests.test_families import build, inputs, run
+from tests.families.test_families import build, inputs, run
+from tests.helpers import assert_as_accurate_as_eager, assert_matches_unpatched, kernel_launches
 
-ROOT = Path(__file__).resolve().parents[1]
 MODELS_SIZE = (36, 44)  # test_families' first input size: pads and shifts in stage 1
 
 
@@ -38,39 +34,13 @@ def patched_with_warnings(model, **options):
 
 def assert_kept_eager(model, reason, fused):
     """Patching the test_families `model` warns `reason` and fuses `fused` of its layers, and the
-    model computes what it did unpatched."""
+    model computes what it did unpatched (its other layers fused)."""
     reference = copy.deepcopy(model)
     messages = patched_with_warnings(model)
     assert any(reason in m for m in messages), messages
     assert patching.patched_count(model) == fused
-    assert_still_computes_its_own(model, reference, MODELS_SIZE)
-
-
-def assert_still_computes_its_own(model, reference, size):
-    """The patched `model`'s output is the unpatched `reference`'s (its other layers fused)."""
-    x, dout = inputs(size)
-    exact = run(copy.deepcopy(reference).double(), x.double(), dout.double())[0]
-    assert_as_accurate_as_eager(run(model, x, dout)[0], run(reference, x, dout)[0], exact,
-                                torch.float32, "output")
-
-
-# --- the kernels folder never shadows Hugging Face's `kernels` -----------------------------------
-
-def test_import_kernels_from_the_repository_root_is_not_ours():
-    code = "import kernels, sys; print(getattr(kernels, '__file__', None))"
-    found = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    if found.returncode == 0:
-        assert str(ROOT / "kernels") not in found.stdout, found.stdout
-        pytest.importorskip("kernels", reason="Hugging Face's kernels package is not installed")
-        assert found.stdout.strip() != "None", "a namespace package of our folder, not HF's"
-    else:
-        assert "No module named 'kernels'" in found.stderr
-
-
-def test_editable_install_metadata_builds_beside_hf_kernels():
-    # egg_info resolved an entry point of Hugging Face's kernels package in our folder before
-    subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps",
-                    "--no-build-isolation", "-q", "-e", str(ROOT)], cwd=ROOT, check=True)
+    x, dout = inputs(MODELS_SIZE)
+    assert_matches_unpatched(run(model, x, dout), reference, run, x, dout)
 
 
 # --- a user's subclass is never fused over its own code ------------------------------------------
@@ -218,18 +188,21 @@ def test_timm_fx_trace_of_a_patched_model(name):
     from timm.models import create_feature_extractor
     reference = build(name)
     x, dout = inputs(MODELS_SIZE)
-    exact = run(copy.deepcopy(reference).double(), x.double(), dout.double())
-    eager = run(reference, x, dout)
     for label, traced in {
             "torch.fx": torch.fx.symbolic_trace(swin_fused.patch(copy.deepcopy(reference))),
             "timm's feature extractor": create_feature_extractor(
                 swin_fused.patch(copy.deepcopy(reference)), {"head": "out"})}.items():
         forward = traced if label == "torch.fx" else (lambda t, m=traced: m(t)["out"])
         with kernel_launches() as launches:
-            got = run(_Call(forward, traced), x, dout)
+            got = output_and_input_grad(_Call(forward, traced), x, dout)
         assert launches == {"fwd": 4, "bwd": 4}, label
-        for i, (g, e, ref) in enumerate(zip(got[:2], eager[:2], exact[:2])):
-            assert_as_accurate_as_eager(g, e, ref, torch.float32, f"{label}: result {i}")
+        assert_matches_unpatched(got, reference, output_and_input_grad, x, dout)
+
+
+def output_and_input_grad(model, x, dout):
+    """run's output and input gradient: a traced model's parameters are named otherwise."""
+    results = run(model, x, dout)
+    return {name: results[name] for name in ("output", "input grad")}
 
 
 class _Call(torch.nn.Module):

@@ -10,10 +10,17 @@ import pytest
 import torch
 
 from swin_fused.cifar import checkpoint as ckpt
-from tests.cifar_tools import (TINY, assert_one_line_error, image_folder, run_cli, run_main,
-                               train_tiny, usage_error)
+from tests.cli.cifar_tools import (
+    EAGER,
+    TINY,
+    assert_one_line_error,
+    run_cli,
+    run_main,
+    train_tiny,
+    usage_error,
+)
 
-EAGER = ("--no-fused",)
+pytestmark = pytest.mark.cli
 
 
 @pytest.fixture(scope="module")

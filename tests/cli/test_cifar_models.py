@@ -6,10 +6,16 @@ import torch
 from swin_fused import reference
 from swin_fused.cifar import checkpoint as ckpt
 from swin_fused.cifar import models
-from tests.cifar_tools import (TINY, assert_one_line_error, image_folder, run_cli, train_tiny,
-                               usage_error)
+from tests.cli.cifar_tools import (
+    EAGER,
+    TINY,
+    assert_one_line_error,
+    run_cli,
+    train_tiny,
+    usage_error,
+)
 
-EAGER = ("--no-fused",)
+pytestmark = pytest.mark.cli
 
 
 def test_seed_defaults_are_the_articles():

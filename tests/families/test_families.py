@@ -1,4 +1,5 @@
-"""`swin_fused.patch` on torchvision's and timm's Swin models, V1 and V2, against the unpatched model.
+"""`swin_fused.patch` on torchvision's and timm's Swin models, V1 and V2, against the unpatched
+model.
 
 Tiny models with random non-zero biases (relative position tables, qkv biases including the parts
 V2 zeroes, logit scales on both sides of the clamp, post-norm weights), at input sizes where the
@@ -19,9 +20,17 @@ from swin_fused import patching
 from swin_fused.eager import window_attention_eager
 from swin_fused.families import timm as timm_family
 from swin_fused.families import torchvision as torchvision_family
-from tests.conftest import DEVICE
-from tests.helpers import (ON_GPU, assert_as_accurate_as_eager,
-                           assert_patched_runs_no_eager_shuffles, kernel_launches)
+from tests.helpers import (
+    DEVICE,
+    assert_as_accurate_as_eager,
+    assert_fx_feature_extractor_fused_either_way,
+    assert_matches_unpatched,
+    assert_patched_matches_unpatched,
+    assert_patched_runs_no_eager_shuffles,
+    kernel_launches,
+    parameter_grads,
+    randomized,
+)
 
 pytestmark = pytest.mark.usefixtures("kernel_generation")
 
@@ -92,30 +101,17 @@ CASES = [(name, size) for name, (_, sizes) in MODELS.items() for size in sizes]
 def build(name, dtype=torch.float32):
     """The named model with random non-zero biases and norm weights, in eval mode, on DEVICE."""
     torch.manual_seed(0)
-    model = MODELS[name][0]()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "relative_position_bias_table" in pname:
-                p.normal_(0.0, 1.0)
-            elif pname.endswith(("qkv.bias", "q_bias", "v_bias")):
-                p.normal_(0.0, 0.5)
-            elif "logit_scale" in pname:
-                # from exp(0) to past the clamp at log(100) = 4.6
-                p.copy_(torch.linspace(0.0, 5.0, p.numel()).view_as(p))
-            elif "norm" in pname and pname.endswith("weight"):
-                # timm V2 starts its post-norms at zero, which would hide the attention branch
-                p.normal_(1.0, 0.2)
-    return model.to(DEVICE, dtype).eval()
+    return randomized(MODELS[name][0](), dtype=dtype, norm_scale=0.2).eval()
 
 
 def run(model, x, dout):
-    """Output, input gradient and every parameter gradient for the output gradient dout."""
+    """{"output", "input grad", "grad of <name>" for every parameter}, for the output gradient
+    dout."""
     model.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_()
     out = model(x)
     out.backward(dout)
-    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-    return out.detach(), x.grad, grads
+    return {"output": out.detach(), "input grad": x.grad, **parameter_grads(model)}
 
 
 def inputs(size, dtype=torch.float32, batch=2):
@@ -130,27 +126,9 @@ def targets(model, family):
     return [m for m in model.modules() if isinstance(m, family.classes())]
 
 
-def assert_matches_unpatched(model, reference, x, dout):
-    """Output, input gradient and every parameter gradient of the patched `model` against the
-    unpatched `reference`, both against float64; the Triton kernels must have run."""
-    with kernel_launches() as launches:
-        out, dx, grads = run(model, x, dout)
-    assert launches["fwd"] > 0 and launches["bwd"] > 0, f"the Triton kernels did not run: {launches}"
-    eager = run(reference, x, dout)
-    exact = run(copy.deepcopy(reference).double(), x.double(), dout.double())
-    assert_as_accurate_as_eager(out, eager[0], exact[0], torch.float32, "output")
-    assert_as_accurate_as_eager(dx, eager[1], exact[1], torch.float32, "input grad")
-    assert grads.keys() == exact[2].keys()
-    for pname, grad in exact[2].items():
-        assert_as_accurate_as_eager(grads[pname], eager[2][pname], grad, torch.float32,
-                                    f"grad of {pname}")
-    return launches
-
-
 @pytest.mark.parametrize("name,size", CASES, ids=[f"{n}-{h}x{w}" for n, (h, w) in CASES])
 def test_patched_matches_unpatched(name, size):
-    reference = build(name)
-    assert_matches_unpatched(swin_fused.patch(copy.deepcopy(reference)), reference, *inputs(size))
+    assert_patched_matches_unpatched(build(name), *inputs(size), run=run)
 
 
 def test_timm_grad_checkpointing():
@@ -159,41 +137,19 @@ def test_timm_grad_checkpointing():
     reference = build(name)
     model = swin_fused.patch(copy.deepcopy(reference))
     model.set_grad_checkpointing(True)
-    launches = assert_matches_unpatched(model, reference, *inputs(MODELS[name][1][0]))
+    x, dout = inputs(MODELS[name][1][0])
+    with kernel_launches() as launches:
+        got = run(model, x, dout)
     assert launches == {"fwd": 8, "bwd": 4}  # each forward runs again in the backward
+    assert_matches_unpatched(got, reference, run, x, dout)
     swin_fused.unpatch(model)
     assert patching.patched_count(model) == 0
 
 
 @pytest.mark.parametrize("name", ["torchvision-v1", "torchvision-v2"])
 def test_fx_feature_extractor_of_patched_model_and_patched_feature_extractor(name):
-    from torchvision.models.feature_extraction import create_feature_extractor
-    reference = build(name)
     x, _ = inputs(MODELS[name][1][0], batch=1)
-    nodes = ["features.1", "features.3"]
-    eager = create_feature_extractor(reference, nodes)(x)
-    exact = create_feature_extractor(copy.deepcopy(reference).double(), nodes)(x.double())
-    models = {
-        # the fused functional is an FX leaf, as torchvision's is
-        "traced after patching": create_feature_extractor(
-            swin_fused.patch(copy.deepcopy(reference)), nodes),
-        # patching a traced model swaps the calls of torchvision's functional in its graph
-        "patched after tracing": swin_fused.patch(create_feature_extractor(
-            copy.deepcopy(reference), nodes)),
-    }
-    for label, model in models.items():
-        assert patching.patched_count(swin_fused.patch(model)) == 4  # patch is idempotent here too
-        with kernel_launches() as launches:
-            got = model(x)
-        assert launches == {"fwd": 4}, label
-        for node in nodes:
-            assert_as_accurate_as_eager(got[node], eager[node], exact[node], torch.float32,
-                                        f"{label}: {node}")
-        swin_fused.unpatch(model)
-        assert patching.patched_count(model) == 0
-        with kernel_launches() as launches:
-            model(x)
-        assert not launches, label
+    assert_fx_feature_extractor_fused_either_way(build(name), x, ["features.1", "features.3"], 4)
 
 
 @pytest.mark.parametrize("name", ["timm-v1", "timm-v2"])
@@ -239,7 +195,7 @@ def test_patch_in_place_idempotent_and_undone(name):
     assert patching.patched_count(model) == n_targets
     fused = [type(m) for m in targets(model, family)]
     assert all(f.__name__ == f"Fused{c.__name__}" and f.unfused_class is c
-               for f, c in zip(fused, classes))
+               for f, c in zip(fused, classes, strict=True))
     swin_fused.patch(model)
     assert [type(m) for m in targets(model, family)] == fused
     assert all(p is params[n] for n, p in model.named_parameters())
@@ -295,29 +251,27 @@ def test_dtype_change_after_patching(name, monkeypatch):
     x, dout = inputs(MODELS[name][1][0], torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out, dx, grads = run(model, x, dout)
+        got = run(model, x, dout)
     assert len(calls) == 4
-    ref_out, ref_dx, ref_grads = run(reference, x, dout)
-    assert_as_accurate_as_eager(out, None, ref_out, torch.float64, "output")
-    assert_as_accurate_as_eager(dx, None, ref_dx, torch.float64, "input grad")
-    for pname, grad in ref_grads.items():
-        assert_as_accurate_as_eager(grads[pname], None, grad, torch.float64, f"grad of {pname}")
+    for result, expected in run(reference, x, dout).items():
+        assert_as_accurate_as_eager(got[result], None, expected, torch.float64, result)
 
 
-@pytest.mark.skipif(not ON_GPU, reason="half-precision models run on a GPU only (the op's fp16 "
-                                       "and bf16 run in the interpreter in test_window_attention)")
+@pytest.mark.gpu(reason="half-precision models run on a GPU only (the op's fp16 and bf16 run in "
+                        "the interpreter in test_window_attention)")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize("cast_after_patch", [False, True], ids=["cast-then-patch", "patch-then-cast"])
+@pytest.mark.parametrize("cast_after_patch", [False, True],
+                         ids=["cast-then-patch", "patch-then-cast"])
 def test_half_precision(name, dtype, cast_after_patch):
     reference = build(name)
     half_reference = build(name, dtype)
     model = swin_fused.patch(build(name)).to(dtype) if cast_after_patch \
         else swin_fused.patch(build(name, dtype))
     x, dout = inputs(MODELS[name][1][0])
-    exact, _, _ = run(copy.deepcopy(reference).double(), x.double(), dout.double())
+    exact = run(copy.deepcopy(reference).double(), x.double(), dout.double())["output"]
     with kernel_launches() as launches:
-        out, _, _ = run(model, x.to(dtype), dout.to(dtype))
+        out = run(model, x.to(dtype), dout.to(dtype))["output"]
     assert launches["fwd"] > 0 and launches["bwd"] > 0
-    half_out, _, _ = run(half_reference, x.to(dtype), dout.to(dtype))
+    half_out = run(half_reference, x.to(dtype), dout.to(dtype))["output"]
     assert_as_accurate_as_eager(out, half_out, exact, dtype, f"{dtype} output")

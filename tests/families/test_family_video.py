@@ -14,9 +14,16 @@ import torch
 import swin_fused
 from swin_fused import patching
 from swin_fused.families import torchvision_video
-from tests.conftest import DEVICE
-from tests.helpers import (assert_as_accurate_as_eager, assert_patched_matches_unpatched,
-                           assert_patched_runs_no_eager_shuffles, joined, kernel_launches)
+from swin_fused.verification import joined
+from tests.helpers import (
+    DEVICE,
+    assert_as_accurate_as_eager,
+    assert_fx_feature_extractor_fused_either_way,
+    assert_patched_matches_unpatched,
+    assert_patched_runs_no_eager_shuffles,
+    kernel_launches,
+    randomized,
+)
 
 CLIPS = [(6, 20, 16), (2, 12, 24)]  # (frames, height, width)
 
@@ -33,13 +40,7 @@ def build(dtype=torch.float32):
     model = tv.SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=8, depths=[2, 2],
                                  num_heads=[1, 2], window_size=[2, 3, 3],
                                  stochastic_depth_prob=0.0, num_classes=10)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "relative_position_bias_table" in name:
-                p.normal_(0.0, 1.0)
-            elif name.endswith("qkv.bias"):
-                p.normal_(0.0, 0.5)
-    return model.to(DEVICE, dtype).eval()
+    return randomized(model, dtype=dtype).eval()
 
 
 def clip(size, dtype=torch.float32):
@@ -63,27 +64,8 @@ def test_patched_forward_runs_no_eager_shuffles():
 
 
 def test_fx_traced_and_patched_either_way():
-    from torchvision.models.feature_extraction import create_feature_extractor
-    reference, x = build(), clip(CLIPS[0])
-    nodes = ["features.0", "features.2"]
-    eager = create_feature_extractor(reference, nodes)(x)
-    exact = create_feature_extractor(copy.deepcopy(reference).double(), nodes)(x.double())
-    models = {
-        "traced after patching": create_feature_extractor(
-            swin_fused.patch(copy.deepcopy(reference)), nodes),
-        "patched after tracing": swin_fused.patch(
-            create_feature_extractor(copy.deepcopy(reference), nodes)),
-    }
-    for label, model in models.items():
-        assert patching.patched_count(model) == 4, label
-        with kernel_launches() as launches:
-            got = model(x)
-        assert launches == {"fwd": 4}, label
-        for node in nodes:
-            assert_as_accurate_as_eager(got[node], eager[node], exact[node], torch.float32,
-                                        f"{label}: {node}")
-        swin_fused.unpatch(model)
-        assert patching.patched_count(model) == 0, label
+    assert_fx_feature_extractor_fused_either_way(build(), clip(CLIPS[0]),
+                                                 ["features.0", "features.2"], 4)
 
 
 def test_v1_keeps_the_eager_forward_with_its_reason(monkeypatch):

@@ -20,9 +20,16 @@ import torch
 import swin_fused
 from swin_fused import patching
 from swin_fused.families import huggingface
-from tests.conftest import DEVICE
-from tests.helpers import (assert_as_accurate_as_eager, assert_patched_matches_unpatched,
-                           assert_patched_runs_no_eager_shuffles, joined, kernel_launches)
+from swin_fused.verification import joined
+from tests.helpers import (
+    DEVICE,
+    assert_as_accurate_as_eager,
+    assert_patched_matches_unpatched,
+    assert_patched_runs_no_eager_shuffles,
+    kernel_launches,
+    output_and_grads,
+    randomized,
+)
 
 transformers = pytest.importorskip(
     "transformers", reason="Hugging Face transformers is not installed: pip install transformers")
@@ -57,24 +64,11 @@ def maskformer_swin():
 
 MODELS = {"swin": swin, "swin-backbone": swin_backbone, "swinv2": swinv2,
           "donut-swin": donut_swin, "maskformer-swin": maskformer_swin}
-BIASES = ("q_proj.bias", "k_proj.bias", "v_proj.bias", "query.bias", "key.bias", "value.bias")
 
 
 def build(name, dtype=torch.float32, **options):
     torch.manual_seed(0)
-    model = MODELS[name](**options)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if "relative_position_bias_table" in pname:
-                p.normal_(0.0, 1.0)
-            elif pname.endswith(BIASES):
-                p.normal_(0.0, 0.5)
-            elif "logit_scale" in pname:
-                # from exp(0) to past the clamp at log(100) = 4.6
-                p.copy_(torch.linspace(0.0, 5.0, p.numel()).view_as(p))
-            elif "layernorm" in pname and pname.endswith("weight"):
-                p.normal_(1.0, 0.2)
-    return model.to(DEVICE, dtype).eval()
+    return randomized(MODELS[name](**options), dtype=dtype, norm_scale=0.2).eval()
 
 
 def image(dtype=torch.float32):
@@ -85,16 +79,22 @@ def layers(model):
     return [m for m in model.modules() if isinstance(m, huggingface.classes())]
 
 
-def qkv_bias(name):
-    """The q, k and v biases of one attention share a name: the key bias's gradient is zero but
-    for rounding, so it is measured joined with the others, as the qkv bias of other families."""
-    return re.sub(r"(q_proj|k_proj|v_proj|query|key|value)\.bias$", "qkv.bias", name)
+def output_and_joined_qkv_bias_grads(model, x):
+    """output_and_grads with the q, k and v bias gradients of each attention joined into one flat
+    tensor: the key bias's gradient is zero but for rounding (softmax ignores a shift shared by a
+    row), so it is measured with the others, as the qkv bias of other families is."""
+    parts = {}
+    for name, result in output_and_grads(model, x).items():
+        qkv_name = re.sub(r"(q_proj|k_proj|v_proj|query|key|value)\.bias$", "qkv.bias", name)
+        parts.setdefault(qkv_name, []).append(result.flatten())
+    return {name: torch.cat(flat) for name, flat in parts.items()}
 
 
 @pytest.mark.usefixtures("kernel_generation")
 @pytest.mark.parametrize("name", MODELS)
 def test_patched_matches_unpatched(name):
-    model, launches = assert_patched_matches_unpatched(build(name), image(), group=qkv_bias)
+    model, launches = assert_patched_matches_unpatched(build(name), image(),
+                                                       run=output_and_joined_qkv_bias_grads)
     assert patching.patched_count(model) == 4
     assert launches == {"fwd": 4, "bwd": 4}
 
@@ -120,7 +120,8 @@ def test_output_attentions_runs_eager_with_the_reason(name, monkeypatch):
     assert any("output_attentions asks" in str(w.message) for w in caught)
     expected = reference(image(), output_attentions=True)
     assert len(got.attentions) == len(expected.attentions) == 2
-    for g, e in zip(got.attentions + (got.logits,), expected.attentions + (expected.logits,)):
+    for g, e in zip(got.attentions + (got.logits,), expected.attentions + (expected.logits,),
+                    strict=True):
         assert torch.equal(g, e)
 
 
