@@ -27,7 +27,7 @@
 # 2.11, benchmarks/results/2026-11-28-h200): env 22 s (nvidia-smi and the imports); op1 34 s;
 # profile 48 s; train224 41 s; op1:compiled 45 s; op1:flex 41 s; a compiled Swin-T training case
 # over 80 s; op 60 s; the whole tests folder over 235 s in one process, the kernel and family
-# tests (all but tests/test_cifar*) over 120 s in 8: they get 90 s, the CLI tests the same later.
+# tests (all but tests/cli) over 120 s in 8: they get 90 s, the CLI tests the same later.
 # Not yet measured (estimates): profile-step ~100 (eager ~25, fused ~50 with the first Triton
 # compilation of the bf16 kernels, which later stages then find cached, sdpa ~25); the two
 # fused+cudagraph cases train224 now holds, ~30 more.
@@ -151,12 +151,8 @@ selected train224 && models_rest="$models_rest and not ($TRAIN224)"
 
 # the checkout itself, not an install: pip install -e needs the network for its build tools
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-# the kernels' own tests first, then the families'; the CLI tests (tests/test_cifar*) later
-KERNEL_TESTS=(tests/test_window_attention.py tests/test_window_attention_3d.py)
-for f in tests/test_*.py; do
-    case $f in "${KERNEL_TESTS[0]}" | "${KERNEL_TESTS[1]}" | tests/test_cifar*) ;;
-    *) KERNEL_TESTS+=("$f") ;; esac
-done
+# the kernels' own tests first, then the families' and the top-level ones; the CLI tests later
+KERNEL_TESTS=(tests/op tests/families tests/test_*.py)
 pytest_tests() {  # pytest_tests NAME MAX_S FILES...: the GPU tests, strict, failures listed
     local name=$1 max=$2
     shift 2
@@ -194,7 +190,7 @@ done
 # 3. the rest: the other op and model cases, the CLI tests, the other compiled cases
 bench op 40 150 benchmarks/test_op.py -k "$op_rest"
 bench models 40 180 benchmarks/test_models.py -k "$models_rest"
-pytest_tests tests:cli 120 tests/test_cifar*.py
+pytest_tests tests:cli 120 tests/cli
 stage bias-grad 10 60 "$OUT/tests.log" "$PYTHON" -m benchmarks.check_bias_grad
 M=benchmarks/test_models.py
 compiled_cases $M infer-224-swin_t compiled fused+compiled fused+compiled-ro
