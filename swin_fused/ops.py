@@ -286,14 +286,10 @@ def _direct(*tensors):
 
 
 @functools.cache
-def _kernel_modules():
+def _kernels(kernel):
     # Triton is imported on first use, so `import swin_fused` works without it being usable
     from swin_fused.kernels import v1, v2
-    return {"v1": v1, "v2": v2}
-
-
-def _kernels(kernel):
-    return _kernel_modules()[kernel]
+    return {"v1": v1, "v2": v2}[kernel]
 
 
 def _geometry(size, window, shift, roll_before_pad):
