@@ -290,6 +290,7 @@ class OpShape:
     window: int = 7   # square; (t, h, w) for a 3-D map
     shift: int = 3    # the same for every axis; (t, h, w) for a 3-D map
     T: int = 0        # frames (depth) of a 3-D map; 0 for a 2-D one
+    cosine: bool = False  # Swin V2's cosine attention: a per-head logit_scale instead of scale
 
     @property
     def size(self):
@@ -308,7 +309,7 @@ class OpShape:
         def axes(v):
             return "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
         return (f"B{self.batch} {axes(self.size)} C{self.dim} h{self.heads} "
-                f"w{axes(self.window)} s{axes(self.shift)}")
+                f"w{axes(self.window)} s{axes(self.shift)}" + (" cos" if self.cosine else ""))
 
 
 STAGE1 = OpShape(128, 56, 56, 96, 3)
@@ -321,23 +322,42 @@ CIFAR_STAGES = (OpShape(128, 16, 16, 192, 3), OpShape(128, 8, 8, 384, 6),
 SWIN3D_T_STAGE1 = OpShape(8, 56, 56, 96, 3, window=(8, 7, 7), shift=(0, 3, 3), T=8)
 # stage 1 of MONAI's SwinUNETR (feature size 48) on 96^3 patches at batch 2: 7x7x7 (343 tokens)
 SWIN_UNETR_STAGE1 = OpShape(2, 48, 48, 48, 3, window=(7, 7, 7), shift=(3, 3, 3), T=48)
+# windows over 64 tokens (v2's tiled kernels): stage 1 of Swin-B at 384 (timm
+# swin_base_patch4_window12_384), window 12 (144 tokens); batch 128, as eager's bf16 fwd+bwd peaks
+# near 10 GiB there (inputs and about 3.6 fp32 8192x4x144x144 score tensors of 2.7 GB each)
+SWIN_B_384_STAGE1 = OpShape(128, 96, 96, 128, 4, window=12, shift=6)
+# stage 1 of Swin V2-T at 256 with window 16 (timm swinv2_tiny_window16_256; 256 tokens), cosine
+# attention; batch 128, as eager's bf16 fwd+bwd peaks near 7 GiB there
+SWINV2_T_W16_STAGE1 = OpShape(128, 64, 64, 96, 3, window=16, shift=8, cosine=True)
 # every stage of each model, as the op sees it in a shifted block: group op-*-<model>-stage<k>
 OP_STAGES = {"swin_t": SWIN_T_STAGES, "swin_cifar": CIFAR_STAGES,
+             "swin_b_384": (SWIN_B_384_STAGE1,), "swinv2_t_w16": (SWINV2_T_W16_STAGE1,),
              "swin3d_t": (SWIN3D_T_STAGE1,), "swin_unetr": (SWIN_UNETR_STAGE1,)}
+
+
+# the op inputs whose gradients a backward computes (logit_scale: cosine shapes only)
+GRAD_INPUTS = ("qkv", "rel_bias", "logit_scale")
 
 
 def op_inputs(shape, dtype, device=DEVICE, requires_grad=False, seed=0):
     """The one op input factory: qkv (B, tokens, 3C) in `dtype`, fp32 rel_bias (heads, N, N) and
-    qkv_bias (3C,) as a model under autocast passes them, and an output gradient."""
+    qkv_bias (3C,) as a model under autocast passes them, for a cosine shape an fp32 logit_scale
+    (heads,), and an output gradient. `requires_grad`: on qkv, rel_bias and logit_scale."""
     torch.manual_seed(seed)
     n = shape.window_tokens
     qkv = torch.randn(shape.batch, shape.tokens, 3 * shape.dim, device=device, dtype=dtype)
     rel_bias = torch.randn(shape.heads, n, n, device=device)
     qkv_bias = torch.randn(3 * shape.dim, device=device)
     dout = torch.randn(shape.batch, shape.tokens, shape.dim, device=device, dtype=dtype)
-    qkv.requires_grad_(requires_grad)
-    rel_bias.requires_grad_(requires_grad)
-    return dict(qkv=qkv, rel_bias=rel_bias, qkv_bias=qkv_bias), dout
+    inputs = dict(qkv=qkv, rel_bias=rel_bias, qkv_bias=qkv_bias)
+    if shape.cosine:
+        # what timm's and torchvision's V2 pass at initialisation: exp(min(log 10, log 100))
+        parameter = torch.full((shape.heads,), math.log(10), device=device)
+        inputs["logit_scale"] = parameter.clamp(max=math.log(100)).exp()
+    for name in GRAD_INPUTS:
+        if name in inputs:
+            inputs[name].requires_grad_(requires_grad)
+    return inputs, dout
 
 
 def call_op(fn, shape, inputs):
@@ -345,7 +365,7 @@ def call_op(fn, shape, inputs):
     of window_attention_3d for a 3-D shape."""
     return fn(inputs["qkv"], *shape.size, shape.heads, shape.window, shape.shift,
               rel_bias=inputs["rel_bias"], qkv_bias=inputs["qkv_bias"],
-              scale=(shape.dim // shape.heads) ** -0.5)
+              scale=(shape.dim // shape.heads) ** -0.5, logit_scale=inputs.get("logit_scale"))
 
 
 def op_bytes(shape, itemsize, forward=True, backward=False):
@@ -401,12 +421,12 @@ def fused_launches():
 
 
 def triton_kernels():
-    """Both kernel generations' Triton functions (the kernels the launchers run and the jit
-    helpers they call), each once; a function's name is `fn.fn.__name__`."""
+    """Both kernel generations' Triton functions and the ones they share (the kernels the launchers
+    run and the jit helpers they call), each once; a function's name is `fn.fn.__name__`."""
     from triton.runtime.jit import KernelInterface
 
-    from swin_fused.kernels import v1, v2
-    found = {id(fn): fn for module in (v1, v2) for fn in vars(module).values()
+    from swin_fused.kernels import common, v1, v2
+    found = {id(fn): fn for module in (common, v1, v2) for fn in vars(module).values()
              if isinstance(fn, KernelInterface)}
     return list(found.values())
 

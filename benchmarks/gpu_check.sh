@@ -5,8 +5,9 @@
 # FlexAttention; Swin-T 224 training uncompiled, fused also replayed from one CUDA graph), then
 # what a first call must also bring back (the kernels alone, the GPU tests of the kernels and
 # model families), then FlexAttention and the compiled Swin-T 224 training cases, the other op and
-# model cases, the CLI tests, the remaining compiled cases, and last the 3-D cases (video Swin,
-# SwinUNETR), which a first call cuts for time. Each stage runs under its own timeout
+# model cases, the CLI tests, the remaining compiled cases, the op with windows over 64 tokens
+# (Swin-B 384, Swin V2-T 256), and last the 3-D cases (video Swin, SwinUNETR), which a first call
+# cuts for time. Each stage runs under its own timeout
 # inside one time budget and leaves its results in the folder before the next starts; a stage past
 # its timeout is interrupted (SIGINT: pytest still prints which tests failed and why); a failed
 # stage, or one cut because the budget could not hold it, is recorded in stages.txt, never fatal.
@@ -14,8 +15,9 @@
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]   # or OUT_DIR=...; default benchmarks/results
 #   QUICK=1            a rerun within 3 minutes: fewer rounds and cases
 #   STAGES="op1 train224"  run only these stage families (env profile-step op1 train224 profile
-#                      tests op models bias-grad compiled op3d video unetr) or exact stage names
-#                      from stages.txt; STAGES="env op3d video unetr": the 3-D cases
+#                      tests op models bias-grad compiled tiled op3d video unetr) or exact stage
+#                      names from stages.txt; STAGES="env op3d video unetr": the 3-D cases;
+#                      STAGES="env profile tiled": the kernels alone and the tiled op cases
 #   BUDGET_S=290       the whole script's budget in seconds (QUICK=1: 170)
 #
 # Writes at most 8 files: env.txt tests.log bench.log bench.json profile.txt summary.md chart.png
@@ -25,17 +27,21 @@
 #
 # Budget, as measured on an H200 machine with 16 cores and no compile caches (2026-11-28, torch
 # 2.11, benchmarks/results/2026-11-28-h200): env 22 s (nvidia-smi and the imports); op1 34 s;
-# profile 48 s; train224 41 s; op1:compiled 45 s; op1:flex 41 s; a compiled Swin-T training case
-# over 80 s; op 60 s; the whole tests folder over 235 s in one process, the kernel and family
-# tests (all but tests/cli) over 120 s in 8: they get 90 s, the CLI tests the same later.
+# profile 48 s (before it also timed each case in a CUDA graph and took the tiled cases);
+# train224 41 s; op1:compiled 45 s; op1:flex 41 s; a compiled Swin-T training case over 80 s;
+# op 60 s; the whole tests folder over 235 s in one process, the kernel and family tests (all but
+# tests/cli) over 120 s in 8: they get 90 s, the CLI tests the same later.
 # Not yet measured (estimates): profile-step ~100 (eager ~25, fused ~50 with the first Triton
 # compilation of the bf16 kernels, which later stages then find cached, sdpa ~25); the two
-# fused+cudagraph cases train224 now holds, ~30 more.
+# fused+cudagraph cases train224 now holds, ~30 more; profile ~100 (twice the timings, and the
+# tiled kernels of three more shapes to compile); tiled ~60 (the op at Swin-B 384 and Swin V2-T
+# 256 stage 1, uncompiled: 16 cases, the tiled kernels compiled for two new windows), then its
+# compiled and FlexAttention cases ~60-90 per group.
 #   env 22, profile-step ~100, op1 34, op1:compiled 45, train224 ~70   -> ~270 of 290
-#   so the kernel profile (48) and the tests (90) no longer fit a first call; they, op1:flex
+#   so the kernel profile (~100) and the tests (90) no longer fit a first call; they, op1:flex
 #   (~41), the compiled Swin-T 224 training cases (80+ s each: more than a call
-#   can hold beside the rest), op, models, tests:cli, bias-grad and the remaining compiled cases:
-#   a second call, with the STAGES that stages.txt prints
+#   can hold beside the rest), op, models, tests:cli, bias-grad, the remaining compiled cases and
+#   tiled: a second call, with the STAGES that stages.txt prints
 #   3-D, last: op3d (the op at swin3d_t and SwinUNETR stage 1, uncompiled, ~40), video (swin3d_t
 #   16x224x224 training and inference at batch 8, uncompiled, ~90), unetr (SwinUNETR 96^3, skipped
 #   with the reason where MONAI is not installed), then their compiled and FlexAttention cases
@@ -47,8 +53,8 @@ OUT=${1:-${OUT_DIR:-benchmarks/results}}
 export QUICK=${QUICK:-0}
 [ "$QUICK" = 1 ] && default_budget=170 || default_budget=290
 BUDGET_S=${BUDGET_S:-$default_budget}
-ALL_STAGES="env profile-step op1 train224 profile tests op models bias-grad compiled op3d video"
-ALL_STAGES="$ALL_STAGES unetr"
+ALL_STAGES="env profile-step op1 train224 profile tests op models bias-grad compiled tiled op3d"
+ALL_STAGES="$ALL_STAGES video unetr"
 STAGES=${STAGES:-$ALL_STAGES}
 PYTHON=${PYTHON:-python}
 export PYTHONUNBUFFERED=1  # a stage killed at its timeout still leaves its log
@@ -140,10 +146,11 @@ OP1=op-fwdbwd-swin_t-stage1
 [ "$QUICK" = 1 ] && tests_max=60 || tests_max=90
 # kernel compilation dominates the suite on a fresh machine: spread it over 8 processes if we can
 "$PYTHON" -c "import xdist" 2>/dev/null && xdist=(-n 8) || xdist=()
-# the 3-D cases run last, in stages of their own
+# the 2-D cases with windows over 64 tokens and the 3-D cases run last, in stages of their own
+TILED="swin_b_384 or swinv2_t_w16"
 THREE_D="swin3d_t or swin_unetr"
 # the cases op1 and train224 already ran, left out of the later stages
-op_rest="not compiled and not flex and not ($THREE_D)"
+op_rest="not compiled and not flex and not ($TILED) and not ($THREE_D)"
 models_rest="not compiled and not ($THREE_D)"
 selected op1 && op_rest="$op_rest and not $OP1"
 TRAIN224="train-224-swin_t or train-224-timm_swin_t"
@@ -176,7 +183,7 @@ done
 bench op1 15 60 benchmarks/test_op.py -k "$OP1 and not compiled and not flex"
 bench op1:compiled 20 60 $(ids benchmarks/test_op.py $OP1 compiled)
 bench train224 25 90 benchmarks/test_models.py -k "($TRAIN224) and not compiled"
-stage profile 20 90 "$OUT/profile.txt" "$PYTHON" -m benchmarks.profile_kernels
+stage profile 20 150 "$OUT/profile.txt" "$PYTHON" -m benchmarks.profile_kernels
 pytest_tests tests "$tests_max" "${KERNEL_TESTS[@]}"
 
 # 2. FlexAttention at Swin-T stage 1, then each compiled Swin-T 224 training case, one process each
@@ -217,7 +224,16 @@ if [ "$QUICK" != 1 ]; then  # QUICK=1 skips the compiled CIFAR cases (common.ski
     compiled_cases $M infer-cifar-swin_cifar-b64 compiled fused+compiled
 fi
 
-# 4. 3-D windows: the op at swin3d_t and SwinUNETR stage 1, swin3d_t training and inference,
+# 4. windows over 64 tokens in 2-D (the tiled kernels): the op at Swin-B 384 and Swin V2-T 256
+# (cosine attention) stage 1, uncompiled, then their compiled and FlexAttention cases
+bench tiled 30 150 benchmarks/test_op.py -k "($TILED) and not compiled and not flex"
+for group in op-fwdbwd-swin_b_384-stage1 op-fwdbwd-swinv2_t_w16-stage1 op-fwd-swin_b_384-stage1 \
+    op-fwd-swinv2_t_w16-stage1; do
+    # shellcheck disable=SC2046
+    bench "tiled:$group" 50 180 $(ids benchmarks/test_op.py "$group" compiled flex)
+done
+
+# 5. 3-D windows: the op at swin3d_t and SwinUNETR stage 1, swin3d_t training and inference,
 # SwinUNETR (skipped with the reason without MONAI), then their compiled and FlexAttention cases
 bench op3d 30 150 benchmarks/test_op.py -k "($THREE_D) and not compiled and not flex"
 bench video 40 180 $M -k "video-swin3d_t and not compiled"

@@ -11,7 +11,9 @@ Op level, each with the signature of swin_fused.window_attention (2-D) or window
 - `compiled_eager()`, `compiled_eager_3d()`: torch.compile of swin_fused.eager's op.
 Model level: `set_sdpa` switches a model's own SDPA path on for every block (timm's fused_attn,
 MONAI's use_flash_attention, Hugging Face's attn_implementation).
-The pad/roll/partition are swin_fused.eager's own steps (padded tokens take the qkv bias).
+The pad/roll/partition are swin_fused.eager's own steps (padded tokens take the qkv bias). With
+a logit_scale (Swin V2's cosine attention) the op-level peers attend with normalize(q) *
+logit_scale[h] and normalize(k) at scale 1 (`attention_inputs`).
 """
 import functools
 
@@ -54,13 +56,25 @@ def from_windows(out, B, size, window, shift):
     return crop(x, size).reshape(B, -1, x.shape[-1])
 
 
+def attention_inputs(qkv, size, num_heads, window, shift, qkv_bias, scale, logit_scale):
+    """q, k, v windows (to_windows) and the softmax scale. With a logit_scale, Swin V2's cosine
+    attention as a plain dot product at scale 1: q = normalize(q) * logit_scale[h] and
+    k = normalize(k), in qkv's dtype (SDPA takes q, k, v in one dtype)."""
+    q, k, v = to_windows(qkv, size, num_heads, window, shift, qkv_bias)
+    if logit_scale is None:
+        return q, k, v, scale
+    q = (F.normalize(q, dim=-1) * logit_scale.view(-1, 1, 1)).to(qkv.dtype)
+    return q, F.normalize(k, dim=-1), v, 1.0
+
+
 def _labels(size, window, shift, device):
     """(windows per image, N): each window token's shift region."""
     return window_labels(padded_size(size, window), window, shift, device)
 
 
-def _sdpa(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, scale):
-    q, k, v = to_windows(qkv, size, num_heads, window, shift, qkv_bias)
+def _sdpa(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, scale, logit_scale):
+    q, k, v, scale = attention_inputs(qkv, size, num_heads, window, shift, qkv_bias, scale,
+                                      logit_scale)
     attn_mask = rel_bias[None]
     if any(shift):
         labels = _labels(size, window, shift, qkv.device)
@@ -70,16 +84,18 @@ def _sdpa(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, scale):
     return from_windows(out, qkv.shape[0], size, window, shift)
 
 
-def window_attention_sdpa(qkv, H, W, num_heads, window, shift, *, rel_bias, qkv_bias, scale):
+def window_attention_sdpa(qkv, H, W, num_heads, window, shift, *, rel_bias, qkv_bias, scale,
+                          logit_scale=None):
     """timm's fused_attn path: one SDPA call with a (windows, heads, n, n) bias + mask tensor."""
-    return _sdpa(qkv, (H, W), num_heads, _pair(window), _pair(shift), rel_bias, qkv_bias, scale)
+    return _sdpa(qkv, (H, W), num_heads, _pair(window), _pair(shift), rel_bias, qkv_bias, scale,
+                 logit_scale)
 
 
 def window_attention_sdpa_3d(qkv, T, H, W, num_heads, window, shift, *, rel_bias, qkv_bias,
-                             scale):
+                             scale, logit_scale=None):
     """MONAI's use_flash_attention path over a (T, H, W) map: one SDPA call, bias + mask."""
     return _sdpa(qkv, (T, H, W), num_heads, _triple(window), _triple(shift), rel_bias, qkv_bias,
-                 scale)
+                 scale, logit_scale)
 
 
 @functools.cache
@@ -89,8 +105,9 @@ def _compiled_flex_attention():
     return torch.compile(flex_attention)
 
 
-def _flex(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, scale):
-    q, k, v = to_windows(qkv, size, num_heads, window, shift, qkv_bias)
+def _flex(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, scale, logit_scale):
+    q, k, v, scale = attention_inputs(qkv, size, num_heads, window, shift, qkv_bias, scale,
+                                      logit_scale)
     labels = _labels(size, window, shift, qkv.device)
     windows_per_image = labels.shape[0]
     shifted = any(shift)
@@ -106,18 +123,20 @@ def _flex(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, scale):
     return from_windows(out, qkv.shape[0], size, window, shift)
 
 
-def window_attention_flex(qkv, H, W, num_heads, window, shift, *, rel_bias, qkv_bias, scale):
+def window_attention_flex(qkv, H, W, num_heads, window, shift, *, rel_bias, qkv_bias, scale,
+                          logit_scale=None):
     """FlexAttention over the windows: score_mod adds rel_bias[h, i, j] and, where the shift
     regions of query i and key j differ, -100. No block mask: pytorch issue 153799 (NaN gradients
-    with a block mask at lengths not a multiple of 128) concerns windows of 49 tokens."""
-    return _flex(qkv, (H, W), num_heads, _pair(window), _pair(shift), rel_bias, qkv_bias, scale)
+    with a block mask at lengths not a multiple of 128) concerns windows of 49 and 144 tokens."""
+    return _flex(qkv, (H, W), num_heads, _pair(window), _pair(shift), rel_bias, qkv_bias, scale,
+                 logit_scale)
 
 
 def window_attention_flex_3d(qkv, T, H, W, num_heads, window, shift, *, rel_bias, qkv_bias,
-                             scale):
+                             scale, logit_scale=None):
     """window_attention_flex over a (T, H, W) map (windows of 343-392 tokens)."""
     return _flex(qkv, (T, H, W), num_heads, _triple(window), _triple(shift), rel_bias, qkv_bias,
-                 scale)
+                 scale, logit_scale)
 
 
 def compiled_eager():

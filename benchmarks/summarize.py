@@ -51,6 +51,11 @@ TARGETS = (
      "fused+compiled", "sdpa+compiled", "speed", ">", 1.0),
     ("SwinUNETR 96^3 inference: fused faster than MONAI's SDPA", "infer-3d-swin_unetr", "fused",
      "sdpa", "speed", ">", 1.0),
+    # windows over 64 tokens: the tiled kernels
+    ("op fwd+bwd at Swin-B 384 stage 1 (window 12) faster than sdpa",
+     "op-fwdbwd-swin_b_384-stage1", "fused", "sdpa", "speed", ">", 1.0),
+    ("op fwd+bwd at Swin V2-T 256 stage 1 (window 16, cosine) faster than sdpa",
+     "op-fwdbwd-swinv2_t_w16-stage1", "fused", "sdpa", "speed", ">", 1.0),
 )
 COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le}
 

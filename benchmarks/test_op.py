@@ -1,6 +1,8 @@
 """The attention op alone (everything between the qkv and proj Linears) at every stage of Swin-T
 (56/28/14/7, C 96-768) and of the seed's swin_cifar (16/8/4, C 192-768): batch 128, window 7,
-shift 3; and in 3-D at stage 1 of torchvision's swin3d_t (8x56x56, C 96, window 8x7x7, shift
+shift 3; with windows over 64 tokens (the tiled kernels) at stage 1 of Swin-B 384 (96x96, C 128,
+window 12, shift 6) and of Swin V2-T 256 with window 16 (64x64, C 96, shift 8, cosine attention),
+batch 128; and in 3-D at stage 1 of torchvision's swin3d_t (8x56x56, C 96, window 8x7x7, shift
 0x3x3, batch 8) and of MONAI's SwinUNETR (48^3, C 48, window and shift 7 and 3 on every axis,
 batch 2); bf16, forward and forward + backward.
 
@@ -10,8 +12,9 @@ F.scaled_dot_product_attention with bias + mask as attn_mask, as timm and MONAI 
 (torch.compile of the eager op), `flex` (the same pad/roll/partition, then compiled FlexAttention
 with the bias and mask in a score_mod), `fused` (swin_fused.window_attention(_3d), default kernel
 generation) and, in 2-D, `fused-v1` (kernel="v1", which serves 2-D only). Every impl agrees with
-an fp32 eager reference before it is timed; one that disagrees or raises is skipped with the
-reason, recorded in the results.
+an fp32 eager reference before it is timed (output, and the gradients of qkv and rel_bias; with
+cosine attention the timed backward also computes logit_scale's); one that disagrees or raises is
+skipped with the reason, recorded in the results.
 GB/s uses one byte count for every impl (common.op_bytes), also as a fraction of this GPU's copy
 bandwidth. On a CPU only the eager forward runs, at batch 2 in fp32 (`cpu-op-fwd-swin_t-stage1`).
 """
@@ -24,6 +27,7 @@ import torch
 import swin_fused
 from benchmarks import peers
 from benchmarks.common import (
+    GRAD_INPUTS,
     GRAD_TOL,
     ON_GPU,
     OP_STAGES,
@@ -82,12 +86,15 @@ def cases():
 
 
 def op_pass(fn, shape, inputs, dout, backward):
-    """Output, and with `backward` the gradients of qkv and rel_bias for `dout`."""
+    """Output, and with `backward` the gradients {name: grad} of the GRAD_INPUTS among `inputs`
+    for `dout`."""
     if not backward:
         with torch.no_grad():
-            return call_op(fn, shape, inputs), ()
+            return call_op(fn, shape, inputs), {}
     out = call_op(fn, shape, inputs)
-    return out, torch.autograd.grad(out, (inputs["qkv"], inputs["rel_bias"]), dout)
+    names = [name for name in GRAD_INPUTS if name in inputs]
+    grads = torch.autograd.grad(out, [inputs[name] for name in names], dout)
+    return out, dict(zip(names, grads, strict=True))
 
 
 @pytest.mark.parametrize("group, direction, impl, shape", cases())
@@ -106,8 +113,11 @@ def test_op(benchmark, group, direction, impl, shape):
         if "fused" in impl and fused_launches() == launches:
             raise RuntimeError("the fused kernels never ran")
         check_close(out, ref_out, OUTPUT_TOL, f"{impl} output")
-        for name, grad, ref in zip(("dqkv", "drel_bias"), grads, ref_grads, strict=True):
-            check_close(grad, ref, GRAD_TOL, f"{impl} {name}")
+        for name, grad in grads.items():
+            # not logit_scale's, a sum over every score of terms that cancel: its bf16 relative
+            # error is ill-conditioned (eager's own reached 0.16 at batch 8); tests/op checks it
+            if name != "logit_scale":
+                check_close(grad, ref_grads[name], GRAD_TOL, f"{impl} d{name}")
         del ref_out, ref_grads, out, grads, as_fp32
 
         warmup, rounds, calls = (1, 3, 1) if not ON_GPU else (3, 5 if QUICK else 10,

@@ -615,9 +615,9 @@ def expected_results():
                 f"| {fused(group, 'fused', '.1f')} |")
 
     profile = next(p for p in sorted(folder.rglob("profile.txt"))
-                   if re.search(r"^v1  swin_t ", p.read_text(), flags=re.M))
+                   if re.search(r"^v1\s+swin_t\s", p.read_text(), flags=re.M))
     kernels = {}
-    for gen, fwd, bwd in re.findall(r"^(v\d)  swin_t  B128 56x56 C96 h3 w7 s3\s+([\d.]+)\s+\d+"
+    for gen, fwd, bwd in re.findall(r"^(v\d)\s+swin_t\s+B128 56x56 C96 h3 w7 s3\s+([\d.]+)\s+\d+"
                                     r"\s+\d+%\s+([\d.]+)", profile.read_text(), flags=re.M):
         kernels.setdefault(gen, f"{fwd} / {bwd}")
     memory = table["train-224-swin_t"]
