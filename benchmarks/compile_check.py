@@ -28,8 +28,8 @@ SHARED_LIMIT = 227 * 1024
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 GENERATIONS = {"v1": v1, "v2": v2}
 FLOAT_ARGS = {"scale", "mask_value"}
-F32_POINTERS = {"STATS", "DELTA", "BIAS", "TABLE", "QKV_BIAS", "LOGIT_SCALE", "DBIAS", "DPAD",
-                "DSCALE"}
+F32_POINTERS = {"STATS", "DELTA", "BIAS", "MASKS", "TABLE", "QKV_BIAS", "LOGIT_SCALE", "DBIAS",
+                "DPAD", "DSCALE", "DREL_BIAS", "DQKV_BIAS", "DLOGIT_SCALE"}
 WINDOWS_3D = ((2, 3, 3), (8, 7, 7), (7, 7, 7))
 # the shapes that must not spill in v2 (the goal): head dims 16-64, 7x7 and 8x8, half
 NO_SPILL = dict(dtypes=("fp16", "bf16"), head_dims=(16, 32, 64), windows=((1, 7, 7), (1, 8, 8)))

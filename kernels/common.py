@@ -1,5 +1,6 @@
-"""What both kernel generations share: the launch counter, the geometry of the windows, and the
-jit helpers of cosine attention.
+"""What both kernel generations share: the launch counter, the geometry of the windows, the form
+of their limits, the jit helpers of cosine attention, and the sum of the backward's per-program
+gradient partials.
 
 The padded, rolled, partitioned map ("the frame") exists only as index arithmetic: frame position
 f of window token t reads source token ((f + shift) % period) of the unpadded map, per axis, or a
@@ -11,6 +12,7 @@ import collections
 import functools
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
@@ -18,7 +20,7 @@ import triton.language as tl
 
 from swin_fused.eager import padded_size, windows_per_axis
 
-# launches per op call ("fwd", "bwd"), so tests can prove the fused path really ran
+# launcher calls ("fwd", "bwd"), so tests can prove the fused path really ran
 LAUNCHES = collections.Counter()
 
 
@@ -74,6 +76,16 @@ class Geometry:
         return dict(WT=self.window[0], WH=self.window[1], WW=self.window[2])
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What a kernel generation serves, stated beside its kernels (each module's LIMITS) and read
+    by swin_fused.ops.not_supported_reasons."""
+    window_dims: tuple       # 2: (height, width) windows; 3: (time, height, width)
+    max_window_tokens: int
+    max_head_dim: int
+    dtypes: tuple
+
+
 # never specialised, so a new map size or shift reuses the compiled kernel
 GEOMETRY_ARGS = ["T", "H", "W", "Tp", "Hp", "Wp", "period_t", "period_h", "period_w", "shift_t",
                  "shift_h", "shift_w", "n_win_h", "n_win_w", "n_win_img"]
@@ -111,3 +123,118 @@ def normalize_rows_bwd(dy, y, norm):
     yf = y.to(tl.float32)
     radial = tl.where(norm > 1e-12, tl.sum(dy * yf, axis=1), 0.0)
     return (dy - yf * radial[:, None]) / norm[:, None]
+
+
+@dataclass(frozen=True)
+class Partials:
+    """The backward kernels' fp32 partials of the parameter gradients, one per program, laid out
+    (groups, heads, blocks, ...) by window group, head and key block: the relative position bias's
+    (groups, heads, padded, padded) (blocks together), the qkv bias's from padded keys and values
+    (groups, heads, blocks, 2, BLOCK_D) and the logit scale's (groups, heads, blocks). Only those of
+    the parameters a layer has exist; the kernels write every element of them."""
+    dbias: Optional[torch.Tensor]
+    dpad: Optional[torch.Tensor]
+    dscale: Optional[torch.Tensor]
+    groups: int
+    blocks: int
+
+    @classmethod
+    def empty(cls, groups, n_heads, blocks, padded, block_d, rel_bias, qkv_bias, logit_scale,
+              device):
+        def partial(parameter, *shape):
+            if parameter is None:
+                return None
+            return torch.empty(groups, n_heads, *shape, dtype=torch.float32, device=device)
+        return cls(partial(rel_bias, padded, padded), partial(qkv_bias, blocks, 2, block_d),
+                   partial(logit_scale, blocks), groups, blocks)
+
+    def pointers(self, absent):
+        """The three partials for a kernel's arguments, `absent` standing in for a missing one."""
+        return tuple(absent if t is None else t for t in (self.dbias, self.dpad, self.dscale))
+
+    def sum(self, rel_bias, qkv_bias, logit_scale, n_heads, head_dim):
+        """(drel_bias, dqkv_bias, dlogit_scale), each in its parameter's dtype, None where the
+        layer lacks the parameter: one launch of sum_partials, none without parameters."""
+        grads = [None if p is None else torch.empty_like(p, memory_format=torch.contiguous_format)
+                 for p in (rel_bias, qkv_bias, logit_scale)]
+        if not any(g is not None for g in grads):
+            return tuple(grads)
+        absent = next(g for g in grads if g is not None)
+        tokens = rel_bias.shape[-1] if rel_bias is not None else 1
+        padded = self.dbias.shape[-1] if self.dbias is not None else 1
+        block_d = self.dpad.shape[-1] if self.dpad is not None else 16
+        constexprs = sum_constexprs(tokens, padded, self.blocks, block_d, absent.device)
+        sum_partials[(n_heads, triton.cdiv(tokens * tokens, constexprs["CHUNK"]))](
+            *self.pointers(absent), *(absent if g is None else g for g in grads), self.groups,
+            n_heads, head_dim, **constexprs, HAS_BIAS=rel_bias is not None,
+            HAS_QKV_BIAS=qkv_bias is not None, COSINE=logit_scale is not None, **SMALL_LAUNCH)
+        return tuple(grads)
+
+
+# the launch options of the small kernels (the partial sum, v2's bias and mask table)
+SMALL_LAUNCH = dict(num_warps=4, num_stages=2)
+
+
+def sum_constexprs(tokens, padded, blocks, block_d, device):
+    """sum_partials' constexprs: the window's tokens, the partials' padded side, key blocks per
+    window, head-dim block, and the bias gradient's elements a program sums (CHUNK) in steps of
+    BLOCK_G window groups: 128 on a GPU; the whole head in the interpreter, where each program is
+    a Python loop."""
+    chunk = 128 if device.type == "cuda" else triton.next_power_of_2(tokens * tokens)
+    return dict(N=tokens, NP=padded, BLOCKS=blocks, BLOCK_D=block_d, CHUNK=chunk,
+                BLOCK_G=max(1, 4096 // chunk))
+
+
+@triton.jit
+def sum_partials(
+    DBIAS, DPAD, DSCALE, DREL_BIAS, DQKV_BIAS, DLOGIT_SCALE, groups, n_heads, head_dim,
+    N: tl.constexpr, NP: tl.constexpr, BLOCKS: tl.constexpr, BLOCK_D: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_G: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr,
+):
+    """Program (head, chunk): CHUNK elements of the head's (N, N) bias gradient, row-major, summed
+    over window groups; the head's qkv-bias and logit-scale gradients in its chunk-0 program. A
+    padded token's query is never an output, so the q part of the qkv-bias gradient is zero."""
+    head = tl.program_id(0)
+    chunk = tl.program_id(1)
+    BLOCK_P: tl.constexpr = 4096 // BLOCK_D
+    if HAS_BIAS:
+        elements = chunk * CHUNK + tl.arange(0, CHUNK)
+        offs = elements // N * NP + elements % N  # in a partial's padded (NP, NP) tile
+        offs_g = tl.arange(0, BLOCK_G)
+        total = tl.zeros([CHUNK], tl.float32)
+        for start in range(0, groups, BLOCK_G):
+            g = start + offs_g
+            tiles = (g.to(tl.int64) * n_heads + head) * NP * NP
+            total += tl.sum(tl.load(DBIAS + tiles[:, None] + offs[None, :],
+                                    mask=(g < groups)[:, None] & (elements < N * N)[None, :],
+                                    other=0.0), axis=0)
+        tl.store(DREL_BIAS + head * N * N + elements, total.to(DREL_BIAS.dtype.element_ty),
+                 mask=elements < N * N)
+    if chunk == 0:
+        parts = groups * BLOCKS
+        offs_p = tl.arange(0, BLOCK_P)
+        if HAS_QKV_BIAS:
+            offs_d = tl.arange(0, BLOCK_D)
+            dk = tl.zeros([BLOCK_D], tl.float32)
+            dv = tl.zeros([BLOCK_D], tl.float32)
+            for start in range(0, parts, BLOCK_P):
+                i = start + offs_p
+                part = (i // BLOCKS * n_heads + head) * BLOCKS + i % BLOCKS
+                pad = DPAD + (part.to(tl.int64) * 2 * BLOCK_D)[:, None] + offs_d[None, :]
+                dk += tl.sum(tl.load(pad, mask=(i < parts)[:, None], other=0.0), axis=0)
+                dv += tl.sum(tl.load(pad + BLOCK_D, mask=(i < parts)[:, None], other=0.0), axis=0)
+            dmask = offs_d < head_dim
+            out = DQKV_BIAS + head * head_dim + offs_d
+            dtype = DQKV_BIAS.dtype.element_ty
+            C = n_heads * head_dim
+            tl.store(out, tl.zeros([BLOCK_D], dtype), mask=dmask)
+            tl.store(out + C, dk.to(dtype), mask=dmask)
+            tl.store(out + 2 * C, dv.to(dtype), mask=dmask)
+        if COSINE:
+            dscale = tl.zeros([BLOCK_P], tl.float32)
+            for start in range(0, parts, BLOCK_P):
+                i = start + offs_p
+                part = (i // BLOCKS * n_heads + head) * BLOCKS + i % BLOCKS
+                dscale += tl.load(DSCALE + part, mask=i < parts, other=0.0)
+            tl.store(DLOGIT_SCALE + head, tl.sum(dscale, axis=0).to(DLOGIT_SCALE.dtype.element_ty))

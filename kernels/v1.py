@@ -1,24 +1,35 @@
 """Kernel generation v1: one program per (window, head, query block), 2-D windows only.
 
 The frame is index arithmetic (see kernels.common). The shift mask comes from frame coordinates,
-the relative position bias from a dense (heads, N, N) fp32 tensor padded to whole tiles; the N x N
-scores live in registers only. Windows larger than one tile run tiled, with an online softmax
+the relative position bias from the dense (heads, N, N) tensor; the N x N scores live in registers
+only. Windows larger than one tile run tiled, with an online softmax
 forward and a flash-attention-2 style backward.
 """
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from swin_fused.kernels.common import (
     LAUNCHES,
+    SMALL_LAUNCH,
+    Limits,
+    Partials,
     next_block,
     normalize_rows,
     normalize_rows_bwd,
     optional_pointer,
     programs_wanted,
+    sum_constexprs,
+    sum_partials,
+)
+
+LIMITS = Limits(
+    window_dims=(2,),
+    max_window_tokens=1024,  # 16 key blocks, each unrolled (tl.static_range) in both kernels
+    max_head_dim=128,        # fp32 tiles of 256 overflow shared memory
+    dtypes=(torch.float16, torch.bfloat16, torch.float32),
 )
 
 
@@ -95,14 +106,14 @@ def _row_delta(OUT, rows, rmask, do):
 
 @triton.jit
 def _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS, mask_value,
-            N: tl.constexpr, NP: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
+            N: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
     """(raw q.k, scaled scores + bias + shift mask (mask_value between regions), -inf past the
     window's N tokens)."""
     raw = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     s = raw * s_scale
     if HAS_BIAS:
-        # padded to whole tiles by the launcher: contiguous rows, no mask
-        s += tl.load(BIAS + head * NP * NP + offs_m[:, None] * NP + offs_n[None, :])
+        s += tl.load(BIAS + head * N * N + offs_m[:, None] * N + offs_n[None, :],
+                     mask=(offs_m < N)[:, None] & (offs_n < N)[None, :], other=0.0).to(tl.float32)
     s += tl.where(label_m[:, None] != label_n[None, :], mask_value, 0.0)
     return raw, tl.where((offs_n < N)[None, :], s, float("-inf"))
 
@@ -126,7 +137,6 @@ def _window_attn_fwd(
     S = Q K^T * scale + bias + mask, -inf past the window's N keys
     O = softmax(S) V; keeps the row max and sum of exp(S - max) for the backward."""
     N: tl.constexpr = WH * WW
-    NP: tl.constexpr = (N + BLOCK - 1) // BLOCK * BLOCK
     win = tl.program_id(0)
     head = tl.program_id(1)
     offs_m = tl.program_id(2) * BLOCK + tl.arange(0, BLOCK)
@@ -157,7 +167,7 @@ def _window_attn_fwd(
         if COSINE:
             k, _ = normalize_rows(k)
         _, s = _scores(q, k, offs_m, offs_n, label_m, label_n, head, s_scale, BIAS, mask_value, N,
-                       NP, HAS_BIAS, PRECISION)
+                       HAS_BIAS, PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
@@ -242,7 +252,7 @@ def _window_attn_bwd(
             do = tl.load(DOUT + rows, mask=rmask, other=0.0)
             row_max, inv_sum = _load_stats(STATS, win, head, n_heads, offs_m, N)
             raw, s = _scores(q, k, offs_m, offs_b, label_m, label_n, head, s_scale, BIAS,
-                             mask_value, N, NP, HAS_BIAS, PRECISION)
+                             mask_value, N, HAS_BIAS, PRECISION)
             p = tl.exp(s - row_max[:, None]) * inv_sum[:, None]
             dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
             dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
@@ -252,10 +262,11 @@ def _window_attn_bwd(
             else:
                 delta = _row_delta(OUT, rows, rmask, do)
             ds = p * (dp - delta[:, None])
-            if NUM_BLOCKS == 1:
-                dbias_acc += ds
-            else:
-                tl.atomic_add(dbias_rows + offs_m[:, None] * NP + offs_b[None, :], ds)
+            if HAS_BIAS:
+                if NUM_BLOCKS == 1:
+                    dbias_acc += ds
+                else:
+                    tl.atomic_add(dbias_rows + offs_m[:, None] * NP + offs_b[None, :], ds)
             if COSINE:
                 dscale_acc += tl.sum(ds * raw, axis=1)
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION) * s_scale
@@ -293,7 +304,7 @@ def _window_attn_bwd(
                 if COSINE:
                     kj, _ = normalize_rows(kj)
                 _, s = _scores(q, kj, offs_b, offs_n, label_n, label_k, head, s_scale, BIAS,
-                               mask_value, N, NP, HAS_BIAS, PRECISION)
+                               mask_value, N, HAS_BIAS, PRECISION)
                 p = tl.exp(s - row_max[:, None]) * inv_sum[:, None]
                 dp = tl.dot(do, tl.trans(vj), input_precision=PRECISION)
                 ds = p * (dp - delta[:, None])
@@ -302,12 +313,14 @@ def _window_attn_bwd(
                 dq = normalize_rows_bwd(dq, q, q_norm)
         tl.store(DQKV + rows, dq.to(DQKV.dtype.element_ty), mask=rmask)
 
-    if NUM_BLOCKS == 1:
+    if HAS_BIAS and NUM_BLOCKS == 1:
         tl.store(dbias_rows + offs_b[:, None] * NP + offs_b[None, :], dbias_acc)
-    pad_out = DPAD + ((part * NUM_BLOCKS + blk) * 2) * BLOCK_D + offs_d
-    tl.store(pad_out, dk_pad)
-    tl.store(pad_out + BLOCK_D, dv_pad)
-    tl.store(DSCALE + part * NUM_BLOCKS + blk, tl.sum(dscale_acc, axis=0))
+    if HAS_QKV_BIAS:
+        pad_out = DPAD + ((part * NUM_BLOCKS + blk) * 2) * BLOCK_D + offs_d
+        tl.store(pad_out, dk_pad)
+        tl.store(pad_out + BLOCK_D, dv_pad)
+    if COSINE:
+        tl.store(DSCALE + part * NUM_BLOCKS + blk, tl.sum(dscale_acc, axis=0))
 
 
 def _launch_config(qkv, geometry, num_heads, settings):
@@ -335,15 +348,13 @@ def kernel_configs(geometry, head_dim, dtype, settings=None):
     shape, for the offline compile check (benchmarks/compile_check.py)."""
     settings = settings or Settings.for_shape(geometry, head_dim, dtype)
     constexprs = _constexprs(geometry, head_dim, dtype, settings)
+    n, block = geometry.tokens, constexprs["BLOCK"]
+    blocks = triton.cdiv(n, block)
     return [("fwd", _window_attn_fwd, constexprs, dict(num_warps=settings.num_warps, num_stages=3)),
             ("bwd", _window_attn_bwd, constexprs,
-             dict(num_warps=settings.num_warps, num_stages=settings.bwd_num_stages))]
-
-
-def _bias_tiles(rel_bias, n_padded):
-    # fp32 and padded to whole tiles, so the kernels read it without masks
-    n = rel_bias.shape[-1]
-    return F.pad(rel_bias.float(), (0, n_padded - n, 0, n_padded - n)).contiguous()
+             dict(num_warps=settings.num_warps, num_stages=settings.bwd_num_stages)),
+            ("sum", sum_partials, sum_constexprs(n, blocks * block, blocks, constexprs["BLOCK_D"],
+                                                 torch.device("cuda")), SMALL_LAUNCH)]
 
 
 def _settings(settings, qkv, geometry, num_heads):
@@ -364,7 +375,6 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_hea
     out = qkv.new_empty(B, L, C3 // 3)
     stats = qkv.new_empty(saved_shape(geometry, B, num_heads), dtype=torch.float32)
     n_blocks = triton.cdiv(n, meta["BLOCK"])
-    rel_bias = _bias_tiles(rel_bias, n_blocks * meta["BLOCK"]) if rel_bias is not None else None
     grid = (n_windows, num_heads, n_blocks)
     _window_attn_fwd[grid](
         qkv, out, stats, optional_pointer(rel_bias, stats), optional_pointer(qkv_bias, stats),
@@ -377,8 +387,9 @@ def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_hea
 
 def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale, geometry,
                          num_heads, scale, mask_value, settings=None):
-    """Returns dqkv (qkv's shape, contiguous) and fp32 grads of rel_bias (heads, N, N), qkv_bias
-    (3*heads*head_dim,) from the padded keys and values, and logit_scale (heads,)."""
+    """Returns dqkv (qkv's shape, contiguous) and the grads of rel_bias (heads, N, N), qkv_bias
+    (3*heads*head_dim,) from the padded keys and values, and logit_scale (heads,), each in its
+    parameter's dtype, None where the parameter is None."""
     settings = _settings(settings, qkv, geometry, num_heads)
     head_dim, n_windows, args, meta = _launch_config(qkv, geometry, num_heads, settings)
     n = geometry.tokens
@@ -387,22 +398,18 @@ def window_attention_bwd(dout, qkv, out, stats, rel_bias, qkv_bias, logit_scale,
     groups = max(1, min(n_windows, wanted // (num_heads * n_blocks)))
     windows_per_program = max(1, triton.cdiv(n_windows, groups))  # an empty batch has none
     groups = triton.cdiv(n_windows, windows_per_program)
-    f32 = dict(dtype=torch.float32, device=qkv.device)
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     n_padded = n_blocks * meta["BLOCK"]
-    dbias = torch.zeros(groups, num_heads, n_padded, n_padded, **f32)
-    dpad = torch.empty(groups, num_heads, n_blocks, 2, meta["BLOCK_D"], **f32)
-    dscale = torch.empty(groups, num_heads, n_blocks, **f32)
-    rel_bias = _bias_tiles(rel_bias, n_padded) if rel_bias is not None else None
+    partials = Partials.empty(groups, num_heads, n_blocks, n_padded, meta["BLOCK_D"], rel_bias,
+                              qkv_bias, logit_scale, qkv.device)
+    if partials.dbias is not None and n_blocks > 1:
+        partials.dbias.zero_()  # tiled windows add their bias gradient atomically
     _window_attn_bwd[(groups, num_heads, n_blocks)](
         qkv, out, dout, stats, dqkv, optional_pointer(rel_bias, stats),
-        optional_pointer(qkv_bias, stats), optional_pointer(logit_scale, stats), dbias, dpad,
-        dscale, *qkv.stride(), *args, scale, mask_value, num_heads, head_dim, n_windows,
-        windows_per_program,
+        optional_pointer(qkv_bias, stats), optional_pointer(logit_scale, stats),
+        *partials.pointers(stats), *qkv.stride(), *args, scale, mask_value, num_heads, head_dim,
+        n_windows, windows_per_program,
         HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
         COSINE=logit_scale is not None, num_stages=settings.bwd_num_stages, **meta)
     LAUNCHES["bwd"] += 1
-    dpad = dpad[..., :head_dim].sum(dim=(0, 2))  # (heads, 2, head_dim)
-    dqkv_bias = torch.cat([torch.zeros_like(dpad[:, 0]).flatten(), dpad[:, 0].flatten(),
-                           dpad[:, 1].flatten()])
-    return dqkv, dbias.sum(0)[:, :n, :n].contiguous(), dqkv_bias, dscale.sum(dim=(0, 2))
+    return (dqkv, *partials.sum(rel_bias, qkv_bias, logit_scale, num_heads, head_dim))

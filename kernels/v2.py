@@ -4,36 +4,48 @@ One-tile windows (N <= Settings.block: every Swin-T and CIFAR stage): a persiste
 (head, window group) programs, head fastest in launch order, so the programs that read one window's
 qkv rows run side by side. A window's token rows are computed once for its q, k and v; its bias and
 shift mask come as one tile of a small table, bias + mask per window class (interior, last along
-an axis that shifts, ...), so no region labels are computed at all. The backward is one
-pass per window with everything on chip: P is recomputed whole and delta = rowsum(P * dP), so it
-reads neither out nor softmax statistics, and the forward keeps none.
+an axis that shifts, ...), so no region labels are computed at all. The table is built by one small
+kernel per forward (_bias_mask_table) and kept for the backward. The backward is one pass per
+window with everything on chip: P is recomputed whole and delta = rowsum(P * dP), so it reads
+neither out nor softmax statistics.
 Tiled windows (up to 1024 tokens, e.g. 3-D 8x7x7): an online-softmax forward, and a backward split
-into a dq kernel (which also computes delta) and a dk/dv kernel; region labels from coordinates.
+into a dq kernel (which also computes delta) and a dk/dv kernel.
 Softmax by exp2((S - rowmax) * log2(e)): scores stay in natural units, since folding log2(e) into
 the scale rounds large cosine logits (scale up to 100) worse than eager (seen on timm V2). The bias,
 qkv-bias and logit-scale gradients are summed in fp32 per program (the bias's in a partial only that
-program touches) and the partials added after the kernels: deterministic, no atomics.
+program touches, its first window writing instead of adding, so nothing is zeroed first) and the
+partials summed by one more kernel (common.sum_partials): deterministic, no atomics.
 """
 import functools
 import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from swin_fused.kernels.common import (
     GEOMETRY_ARGS,
     LAUNCHES,
+    SMALL_LAUNCH,
+    Limits,
+    Partials,
     next_block,
     normalize_rows,
     normalize_rows_bwd,
     optional_pointer,
     programs_wanted,
+    sum_constexprs,
+    sum_partials,
 )
 
 LOG2E = tl.constexpr(1.4426950408889634)
+LIMITS = Limits(
+    window_dims=(2, 3),
+    max_window_tokens=1024,  # the tiled kernels' bias gradient partials grow with N^2
+    max_head_dim=128,        # fp32 tiles of 256 overflow shared memory
+    dtypes=(torch.float16, torch.bfloat16, torch.float32),
+)
 
 
 @dataclass(frozen=True)
@@ -181,11 +193,14 @@ def _load_kv(QKV, rows, valid, col, c_offset, dmask, k_fill, v_fill):
 
 
 @triton.jit
-def _bias_tile(BIAS, head, offs_m, offs_n, N: tl.constexpr):
-    """Rows offs_m, columns offs_n of the head's (N, N) bias; 0 past N."""
-    mask = (offs_m < N)[:, None] & (offs_n < N)[None, :]
-    return tl.load(BIAS + head * N * N + offs_m[:, None] * N + offs_n[None, :], mask=mask,
-                   other=0.0)
+def _bias_tile(BIAS, head, offs_m, offs_n, N: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Rows offs_m, columns offs_n of the head's (N, N) bias in fp32, 0 past N; 0 without one."""
+    bias = 0.0
+    if HAS_BIAS:
+        mask = (offs_m < N)[:, None] & (offs_n < N)[None, :]
+        bias = tl.load(BIAS + head * N * N + offs_m[:, None] * N + offs_n[None, :], mask=mask,
+                       other=0.0).to(tl.float32)
+    return bias
 
 
 @triton.jit
@@ -193,6 +208,20 @@ def _table_tile(TABLE, win_class, head, n_heads, offs, BLOCK: tl.constexpr):
     """The window class's (bias + mask) tile of the head, -inf past N keys."""
     return tl.load(TABLE + ((win_class * n_heads + head) * BLOCK + offs[:, None]) * BLOCK
                    + offs[None, :])
+
+
+@triton.jit
+def _bias_mask_table(BIAS, MASKS, TABLE, n_heads, N: tl.constexpr, BLOCK: tl.constexpr,
+                     CLASSES: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Program (head): the head's tile of each window class, its bias (0 past N) + the class's
+    shift mask (_class_masks), in fp32."""
+    head = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    tile = offs[:, None] * BLOCK + offs[None, :]
+    bias = _bias_tile(BIAS, head, offs, offs, N, HAS_BIAS)
+    for win_class in tl.static_range(CLASSES):
+        tl.store(TABLE + (win_class * n_heads + head) * BLOCK * BLOCK + tile,
+                 tl.load(MASKS + win_class * BLOCK * BLOCK + tile) + bias)
 
 
 @triton.jit
@@ -222,6 +251,25 @@ def _pad_sum(x, valid, offs, N: tl.constexpr):
 
 
 @triton.jit
+def _partial_so_far(partial, added):
+    """A program's gradient partial read back, or zeros before its first window added to it (the
+    partials are not zeroed: the memory is read only to be discarded)."""
+    return tl.where(added, tl.load(partial), 0.0)
+
+
+@triton.jit
+def _store_pad_and_scale(DPAD, DSCALE, part, offs_d, dk_pad, dv_pad, dscale,
+                         BLOCK_D: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, COSINE: tl.constexpr):
+    """A program's partials of the qkv-bias gradient (padded keys and values) and of the logit
+    scale's, where the layer has them (common.sum_partials adds them up)."""
+    if HAS_QKV_BIAS:
+        tl.store(DPAD + part * 2 * BLOCK_D + offs_d, dk_pad)
+        tl.store(DPAD + part * 2 * BLOCK_D + BLOCK_D + offs_d, dv_pad)
+    if COSINE:
+        tl.store(DSCALE + part, tl.sum(dscale, axis=0))
+
+
+@triton.jit
 def _key_block(QKV, BIAS, q, win, start_n, base, geom, offs_m, label_m, head, col, c_offset,
                stride_ql, dmask, k_fill, v_fill, s_scale, mask_value, WT: tl.constexpr,
                WH: tl.constexpr, WW: tl.constexpr, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -236,9 +284,7 @@ def _key_block(QKV, BIAS, q, win, start_n, base, geom, offs_m, label_m, head, co
                     k_fill, v_fill)
     if COSINE:
         k, _ = normalize_rows(k)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
+    bias = _bias_tile(BIAS, head, offs_m, offs_n, N, HAS_BIAS)
     s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N, HAS_BIAS, PRECISION)
     return s, k, v
 
@@ -301,7 +347,7 @@ def _bwd_window(
 ):
     """Program (head, group) over windows group, group + groups, ..., each window on chip:
     P = softmax(S) recomputed whole, dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(P * dP))
-    dQ = dS K * scale, dK = dS^T Q * scale; dbias: dS added into the program's own partial."""
+    dQ = dS K * scale, dK = dS^T Q * scale; dbias: dS summed in the program's own partial."""
     tl.static_assert(WT * WH * WW <= BLOCK, "a one-tile kernel holds the whole window")
     N: tl.constexpr = WT * WH * WW
     head = tl.program_id(0)
@@ -340,11 +386,12 @@ def _bwd_window(
         grad = DQKV + (token_rows * 3 * C)[:, None] + out_col[None, :]
         dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PRECISION)
         tl.store(grad + 2 * C, dv.to(DQKV.dtype.element_ty), mask=mask)
-        dv_pad += _pad_sum(dv, valid, offs, N)
+        if HAS_QKV_BIAS:
+            dv_pad += _pad_sum(dv, valid, offs, N)
         dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
         ds = p * (dp - tl.sum(p * dp, axis=1)[:, None])
         if HAS_BIAS:
-            tl.store(partial, tl.load(partial) + ds)
+            tl.store(partial, _partial_so_far(partial, w > group) + ds)
         dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
         if COSINE:
             # sum dS * (Q K^T) as rowsum(Q * dS K): no second N x N tile held (it spilled)
@@ -357,13 +404,13 @@ def _bwd_window(
         if COSINE:
             dk = normalize_rows_bwd(dk, k, k_norm)
         tl.store(grad + C, dk.to(DQKV.dtype.element_ty), mask=mask)
-        dk_pad += _pad_sum(dk, valid, offs, N)
+        if HAS_QKV_BIAS:
+            dk_pad += _pad_sum(dk, valid, offs, N)
         # the next window reads the bias partial back, maybe from another thread of the program
         tl.debug_barrier()
 
-    tl.store(DPAD + part * 2 * BLOCK_D + offs_d, dk_pad)
-    tl.store(DPAD + part * 2 * BLOCK_D + BLOCK_D + offs_d, dv_pad)
-    tl.store(DSCALE + part, tl.sum(dscale, axis=0))
+    _store_pad_and_scale(DPAD, DSCALE, part, offs_d, dk_pad, dv_pad, dscale, BLOCK_D,
+                         HAS_QKV_BIAS, COSINE)
 
 
 # ---- tiled windows -----------------------------------------------------------------------------
@@ -545,9 +592,7 @@ def _bwd_dkdv_tiled(
             do = tl.load(DOUT + (token_rows * C)[:, None] + out_col[None, :],
                          mask=valid_m[:, None] & dmask[None, :], other=0.0)
             row_max, row_sum, delta = _load_stats(STATS, DELTA, row, offs_m, N)
-            bias = 0.0
-            if HAS_BIAS:
-                bias = _bias_tile(BIAS, head, offs_m, offs_n, N)
+            bias = _bias_tile(BIAS, head, offs_m, offs_n, N, HAS_BIAS)
             s = _scores(q, k, bias, label_m, label_n, offs_n, s_scale, mask_value, N,
                         HAS_BIAS, PRECISION)
             p = tl.exp2((s - row_max[:, None]) * LOG2E) / row_sum[:, None]
@@ -555,7 +600,7 @@ def _bwd_dkdv_tiled(
             ds = p * (tl.dot(do, tl.trans(v), input_precision=PRECISION) - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
             partial = stripe + offs_m[:, None] * NP
-            tl.store(partial, tl.load(partial) + ds)
+            tl.store(partial, _partial_so_far(partial, w > group) + ds)
             # the next window reads this stripe back, maybe from another thread of the program
             tl.debug_barrier()
         if COSINE:
@@ -568,13 +613,12 @@ def _bwd_dkdv_tiled(
         mask_n = valid_n[:, None] & dmask[None, :]
         tl.store(grad + C, dk.to(DQKV.dtype.element_ty), mask=mask_n)
         tl.store(grad + 2 * C, dv.to(DQKV.dtype.element_ty), mask=mask_n)
-        dk_pad += _pad_sum(dk, valid_n, offs_n, N)
-        dv_pad += _pad_sum(dv, valid_n, offs_n, N)
+        if HAS_QKV_BIAS:
+            dk_pad += _pad_sum(dk, valid_n, offs_n, N)
+            dv_pad += _pad_sum(dv, valid_n, offs_n, N)
 
-    pid = tl.program_id(0)
-    tl.store(DPAD + pid * 2 * BLOCK_D + offs_d, dk_pad)
-    tl.store(DPAD + pid * 2 * BLOCK_D + BLOCK_D + offs_d, dv_pad)
-    tl.store(DSCALE + pid, tl.sum(dscale, axis=0))
+    _store_pad_and_scale(DPAD, DSCALE, tl.program_id(0), offs_d, dk_pad, dv_pad, dscale, BLOCK_D,
+                         HAS_QKV_BIAS, COSINE)
 
 
 # ---- launchers ---------------------------------------------------------------------------------
@@ -603,35 +647,23 @@ def kernel_configs(geometry, head_dim, dtype, settings=None):
     constexprs = {k: meta[k] for k in ("WT", "WH", "WW", "BLOCK", "BLOCK_D", "PRECISION")}
     fwd = dict(num_warps=settings.fwd_warps, num_stages=settings.fwd_stages)
     bwd = dict(num_warps=settings.bwd_warps, num_stages=settings.bwd_stages)
+    block, n = meta["BLOCK"], geometry.tokens
+    blocks = triton.cdiv(n, block)
+    partial_sum = ("sum", sum_partials, sum_constexprs(n, blocks * block, blocks, meta["BLOCK_D"],
+                                                       torch.device("cuda")), SMALL_LAUNCH)
     if _one_tile(geometry, settings):
-        return [("fwd", _fwd_window, constexprs, fwd), ("bwd", _bwd_window, constexprs, bwd)]
+        return [("table", _bias_mask_table, dict(N=n, BLOCK=block, CLASSES=_classes(geometry)),
+                 SMALL_LAUNCH),
+                ("fwd", _fwd_window, constexprs, fwd), ("bwd", _bwd_window, constexprs, bwd),
+                partial_sum]
     return [("fwd", _fwd_tiled, constexprs, fwd), ("bwd dq", _bwd_dq_tiled, constexprs, bwd),
-            ("bwd dk/dv", _bwd_dkdv_tiled, constexprs, bwd)]
+            ("bwd dk/dv", _bwd_dkdv_tiled, constexprs, bwd), partial_sum]
 
 
-def _flags(rel_bias, qkv_bias, logit_scale):
-    return dict(HAS_BIAS=rel_bias is not None, HAS_QKV_BIAS=qkv_bias is not None,
-                COSINE=logit_scale is not None)
-
-
-@functools.lru_cache(maxsize=64)
-def _class_masks(window, shift, classes, block, device, mask_value):
-    """(classes, 1, block, block) fp32: the shift mask (mask_value between regions) of each window
-    class (_window_class), -inf in key columns past the window's N tokens."""
-    n = math.prod(window)
-    axes = [torch.arange(w, device=device) for w in window]
-    coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).reshape(3, n)
-    window, shift = torch.tensor(window, device=device), torch.tensor(shift, device=device)
-    # in the last window along a shifting axis, tokens from w - s on lie in the region (-s, None)
-    second = (coords >= (window - shift)[:, None]).long()
-    bits = torch.tensor([[c >> 2 & 1, c >> 1 & 1, c & 1] for c in range(classes)], device=device)
-    bits = bits * (shift > 0)
-    weights = torch.tensor([9, 3, 1], device=device)
-    labels = (bits[:, :, None] * (1 + second) * weights[:, None]).sum(1)  # (classes, n)
-    masks = torch.full((classes, 1, block, block), float("-inf"), device=device)
-    masks[..., :n] = 0.0
-    masks[:, 0, :n, :n] = (labels[:, :, None] != labels[:, None, :]) * mask_value
-    return masks
+def _kernel_args(scale, num_heads, head_dim, qkv_bias, logit_scale, meta):
+    """The keyword arguments every v2 kernel takes."""
+    return dict(scale=scale, n_heads=num_heads, head_dim=head_dim,
+                HAS_QKV_BIAS=qkv_bias is not None, COSINE=logit_scale is not None, **meta)
 
 
 def _classes(geometry):
@@ -639,97 +671,97 @@ def _classes(geometry):
     return 8 if geometry.is_3d else 4
 
 
-def _bias_mask_table(rel_bias, geometry, num_heads, block, device, mask_value):
-    """(classes, heads, block, block) fp32, the one-tile kernels' scores offset:
-    bias + shift mask of each window class, -inf in key columns past N."""
-    masks = _class_masks(geometry.window, geometry.shift, _classes(geometry), block, device,
-                         mask_value)
-    if rel_bias is None:
-        return masks.repeat(1, num_heads, 1, 1)  # a copy even for one head: never the cached masks
-    n = geometry.tokens
-    bias = F.pad(rel_bias.float(), (0, block - n, 0, block - n))
-    return bias[None] + masks
+@functools.lru_cache(maxsize=64)
+def _class_masks(window, shift, classes, block, device, mask_value):
+    """(classes, block, block) fp32, built once per configuration: the shift mask (mask_value
+    between regions) of each window class (_window_class), -inf in key columns past the window's
+    N tokens."""
+    n = math.prod(window)
+    axes = [torch.arange(w) for w in window]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).reshape(3, n)
+    window, shift = torch.tensor(window), torch.tensor(shift)
+    # in the last window along a shifting axis, tokens from w - s on lie in the region (-s, None)
+    second = (coords >= (window - shift)[:, None]).long()
+    bits = torch.tensor([[c >> 2 & 1, c >> 1 & 1, c & 1] for c in range(classes)]) * (shift > 0)
+    labels = (bits[:, :, None] * (1 + second) * torch.tensor([9, 3, 1])[:, None]).sum(1)
+    masks = torch.full((classes, block, block), float("-inf"))
+    masks[:, :, :n] = 0.0
+    masks[:, :n, :n] = (labels[:, :, None] != labels[:, None, :]) * mask_value
+    return masks.to(device)
 
 
 def _groups(n_windows, per_group_programs, device, settings):
-    """Window groups of a persistent grid: enough programs to fill the GPU, no empty group."""
+    """Window groups of a persistent grid: enough programs to fill the GPU, no empty group (and
+    none for an empty batch)."""
     wanted = programs_wanted(device, settings.programs_per_sm)
-    return max(1, min(n_windows, wanted // per_group_programs))
+    return min(n_windows, max(1, wanted // per_group_programs))
 
 
 def window_attention_fwd(qkv, rel_bias, qkv_bias, logit_scale, geometry, num_heads, scale,
                          mask_value, settings=None):
-    """Returns out (B, T*H*W, heads*head_dim) and what the backward needs besides (saved_shape)."""
+    """Returns out (B, T*H*W, heads*head_dim) and what the backward needs besides (saved_shape).
+    rel_bias (heads, N, N), qkv_bias and logit_scale contiguous, of any float dtype."""
     head_dim = qkv.shape[-1] // (3 * num_heads)
     settings, meta = _launch(geometry, head_dim, qkv.dtype, settings)
     B, L, C3 = qkv.shape
     n_windows = geometry.n_windows(B)
     out = qkv.new_empty(B, L, C3 // 3)
-    rel_bias = rel_bias.float().contiguous() if rel_bias is not None else None
-    pointers = (optional_pointer(rel_bias, out), optional_pointer(qkv_bias, out),
-                optional_pointer(logit_scale, out))
-    common = dict(scale=scale, n_heads=num_heads, head_dim=head_dim,
-                  **_flags(rel_bias, qkv_bias, logit_scale), **meta)
+    saved = qkv.new_empty(saved_shape(geometry, B, num_heads, settings), dtype=torch.float32)
+    bias_ptr, qkv_bias_ptr, logit_scale_ptr = (optional_pointer(t, out)
+                                               for t in (rel_bias, qkv_bias, logit_scale))
+    common = dict(**_kernel_args(scale, num_heads, head_dim, qkv_bias, logit_scale, meta),
+                  num_warps=settings.fwd_warps, num_stages=settings.fwd_stages)
     if _one_tile(geometry, settings):
-        groups = _groups(n_windows, num_heads, qkv.device, settings)
-        saved = table = _bias_mask_table(rel_bias, geometry, num_heads, meta["BLOCK"],
-                                         qkv.device, mask_value)
-        common.pop("HAS_BIAS")
-        _fwd_window[(num_heads, groups)](
-            qkv, out, table, *pointers[1:], *qkv.stride(), n_windows=n_windows,
-            num_warps=settings.fwd_warps, num_stages=settings.fwd_stages, **common)
+        block = meta["BLOCK"]
+        masks = _class_masks(geometry.window, geometry.shift, _classes(geometry), block,
+                             qkv.device, mask_value)
+        _bias_mask_table[(num_heads,)](  # saved: the table, read again by the backward
+            bias_ptr, masks, saved, num_heads, N=geometry.tokens, BLOCK=block,
+            CLASSES=_classes(geometry), HAS_BIAS=rel_bias is not None, **SMALL_LAUNCH)
+        _fwd_window[(num_heads, _groups(n_windows, num_heads, qkv.device, settings))](
+            qkv, out, saved, qkv_bias_ptr, logit_scale_ptr, *qkv.stride(), n_windows=n_windows,
+            **common)
     else:
-        saved = row_stats = qkv.new_empty(saved_shape(geometry, B, num_heads, settings),
-                                          dtype=torch.float32)
         n_blocks = triton.cdiv(geometry.tokens, meta["BLOCK"])
-        _fwd_tiled[(n_windows * num_heads * n_blocks,)](
-            qkv, out, row_stats, *pointers, *qkv.stride(), mask_value=mask_value,
-            num_warps=settings.fwd_warps, num_stages=settings.fwd_stages, **common)
+        _fwd_tiled[(n_windows * num_heads * n_blocks,)](  # saved: the row max and sum
+            qkv, out, saved, bias_ptr, qkv_bias_ptr, logit_scale_ptr, *qkv.stride(),
+            mask_value=mask_value, HAS_BIAS=rel_bias is not None, **common)
     LAUNCHES["fwd"] += 1
     return out, saved
 
 
 def window_attention_bwd(dout, qkv, out, saved, rel_bias, qkv_bias, logit_scale, geometry,
                          num_heads, scale, mask_value, settings=None):
-    """Returns dqkv (qkv's shape, contiguous) and fp32 grads of rel_bias (heads, N, N), qkv_bias
-    (3*heads*head_dim,) from the padded keys and values, and logit_scale (heads,)."""
+    """Returns dqkv (qkv's shape, contiguous) and the grads of rel_bias (heads, N, N), qkv_bias
+    (3*heads*head_dim,) from the padded keys and values, and logit_scale (heads,), each in its
+    parameter's dtype, None where the parameter is None."""
     head_dim = qkv.shape[-1] // (3 * num_heads)
     settings, meta = _launch(geometry, head_dim, qkv.dtype, settings)
-    n = geometry.tokens
     n_windows = geometry.n_windows(qkv.shape[0])
-    f32 = dict(dtype=torch.float32, device=qkv.device)
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
-    rel_bias = rel_bias.float().contiguous() if rel_bias is not None else None
-    pointers = (optional_pointer(rel_bias, dqkv), optional_pointer(qkv_bias, dqkv),
-                optional_pointer(logit_scale, dqkv))
-    common = dict(scale=scale, n_heads=num_heads, head_dim=head_dim,
-                  **_flags(rel_bias, qkv_bias, logit_scale), **meta)
-    launch = dict(num_warps=settings.bwd_warps, num_stages=settings.bwd_stages)
+    parameters = (rel_bias, qkv_bias, logit_scale)
+    bias_ptr, qkv_bias_ptr, logit_scale_ptr = (optional_pointer(t, dqkv) for t in parameters)
+    common = dict(**_kernel_args(scale, num_heads, head_dim, qkv_bias, logit_scale, meta),
+                  HAS_BIAS=rel_bias is not None, num_warps=settings.bwd_warps,
+                  num_stages=settings.bwd_stages)
+    block = meta["BLOCK"]
+    n_blocks = triton.cdiv(geometry.tokens, block)
+    groups = _groups(n_windows, num_heads * n_blocks, qkv.device, settings)
+    partials = Partials.empty(groups, num_heads, n_blocks, n_blocks * block, meta["BLOCK_D"],
+                              *parameters, qkv.device)
     if _one_tile(geometry, settings):
-        groups = _groups(n_windows, num_heads, qkv.device, settings)
-        dbias = torch.zeros(groups, num_heads, meta["BLOCK"], meta["BLOCK"], **f32)
-        dpad = torch.empty(groups * num_heads, 2, meta["BLOCK_D"], **f32)
-        dscale = torch.empty(groups, num_heads, **f32)
         _bwd_window[(num_heads, groups)](  # saved: the forward's bias and mask table
-            qkv, dout, dqkv, saved, *pointers[1:], dbias, dpad, dscale, *qkv.stride(),
-            n_windows=n_windows, **common, **launch)
+            qkv, dout, dqkv, saved, qkv_bias_ptr, logit_scale_ptr, *partials.pointers(dqkv),
+            *qkv.stride(), n_windows=n_windows, **common)
     else:
-        n_blocks = triton.cdiv(n, meta["BLOCK"])
-        n_padded = n_blocks * meta["BLOCK"]
-        delta = torch.empty(n_windows, num_heads, n, **f32)
+        delta = torch.empty(n_windows, num_heads, geometry.tokens, dtype=torch.float32,
+                            device=qkv.device)
+        pointers = (bias_ptr, qkv_bias_ptr, logit_scale_ptr)
         _bwd_dq_tiled[(n_windows * num_heads * n_blocks,)](  # saved: the row max and sum
             qkv, out, dout, saved, delta, dqkv, *pointers, *qkv.stride(), mask_value=mask_value,
-            **common, **launch)
-        groups = _groups(n_windows, num_heads * n_blocks, qkv.device, settings)
-        dbias = torch.zeros(groups, num_heads, n_padded, n_padded, **f32)
-        dpad = torch.empty(groups * num_heads * n_blocks, 2, meta["BLOCK_D"], **f32)
-        dscale = torch.empty(groups * num_heads * n_blocks, **f32)
+            **common)
         _bwd_dkdv_tiled[(groups * num_heads * n_blocks,)](
-            qkv, dout, saved, delta, dqkv, *pointers, dbias, dpad, dscale, *qkv.stride(),
-            n_windows=n_windows, groups=groups, mask_value=mask_value, **common, **launch)
+            qkv, dout, saved, delta, dqkv, *pointers, *partials.pointers(dqkv), *qkv.stride(),
+            n_windows=n_windows, groups=groups, mask_value=mask_value, **common)
     LAUNCHES["bwd"] += 1
-    dpad = dpad[..., :head_dim].reshape(groups, num_heads, -1, 2, head_dim).sum(dim=(0, 2))
-    dqkv_bias = torch.cat([torch.zeros_like(dpad[:, 0]).flatten(), dpad[:, 0].flatten(),
-                           dpad[:, 1].flatten()])
-    dlogit_scale = dscale.view(groups, num_heads, -1).sum(dim=(0, 2))
-    return dqkv, dbias.sum(0)[:, :n, :n].contiguous(), dqkv_bias, dlogit_scale
+    return (dqkv, *partials.sum(*parameters, num_heads, head_dim))

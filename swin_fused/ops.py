@@ -29,9 +29,6 @@ from swin_fused.eager import (
     windows_per_axis,
 )
 
-MAX_WINDOW_TOKENS = 1024
-MAX_HEAD_DIM = 128  # fp32 tiles of 256 overflow shared memory
-KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 KERNELS = ("v1", "v2")  # the kernel generations; v1 goes once a GPU shows v2 at least as fast
 # the default by shape: an H200 (benchmarks/results/2026-11-28-h200) ran v2 faster from 1152
 # windows a batch up (Swin-T stages 1-2, CIFAR stage 1) and v1 at 512 and fewer
@@ -82,21 +79,27 @@ def not_supported_reasons(window_size, shift_size, head_dim, *, dtype=None, devi
 
     window_size, shift_size: int, (height, width), or (time, height, width) for 3-D windows.
     The op passes all of it; a model family passes its layer's configuration when patching, before
-    dtype and device are known (None skips those checks). kernel: as for window_attention.
+    dtype and device are known (None skips those checks). kernel: as for window_attention. The
+    limits of shape and dtype are each generation's own (its LIMITS, beside its kernels).
     """
     window, shift = _pair(window_size), _pair(shift_size)
+    kernel = resolve_kernel(kernel)
+    limits = _limits(kernel)
     reasons = []
-    if resolve_kernel(kernel) == "v1" and len(window) == 3:
-        reasons.append("kernel v1 serves 2-D windows only; v2 serves 3-D")
+    if len(window) not in limits.window_dims:
+        others = [k for k in KERNELS if len(window) in _limits(k).window_dims]
+        reasons.append(f"kernel {kernel} serves {_dims(limits.window_dims)} windows only"
+                       + (f"; {', '.join(others)} serves {len(window)}-D" if others else ""))
     if problem := shift_problem(window, shift):
         reasons.append(problem)
-    if math.prod(window) > MAX_WINDOW_TOKENS:
-        reasons.append(f"window {'x'.join(map(str, window))} has more than {MAX_WINDOW_TOKENS} "
-                       "tokens")
-    if head_dim > MAX_HEAD_DIM:
-        reasons.append(f"head dim {head_dim} is over {MAX_HEAD_DIM}")
-    if dtype is not None and dtype not in KERNEL_DTYPES:
-        reasons.append(f"dtype {dtype} is not one of float16, bfloat16, float32")
+    if math.prod(window) > limits.max_window_tokens:
+        reasons.append(f"window {'x'.join(map(str, window))} has more than "
+                       f"{limits.max_window_tokens} tokens")
+    if head_dim > limits.max_head_dim:
+        reasons.append(f"head dim {head_dim} is over {limits.max_head_dim}")
+    if dtype is not None and dtype not in limits.dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in limits.dtypes)
+        reasons.append(f"dtype {dtype} is not one of {names}")
     if device is not None and device.type == "cpu":
         if os.environ.get("TRITON_INTERPRET") != "1":
             reasons.append("CPU tensors run the Triton kernels only with TRITON_INTERPRET=1")
@@ -107,6 +110,17 @@ def not_supported_reasons(window_size, shift_size, head_dim, *, dtype=None, devi
     if attn_dropout > 0 and training:
         reasons.append("attention dropout p > 0 in training is not fused")
     return reasons
+
+
+# a constant to torch.compile, which would trace the import of the kernels
+@torch.compiler.assume_constant_result
+def _limits(kernel):
+    """What a kernel generation serves (its LIMITS)."""
+    return _kernels(kernel).LIMITS
+
+
+def _dims(window_dims):
+    return " and ".join(f"{d}-D" for d in window_dims)
 
 
 def interpreter_problem(triton_version, numpy_version):
@@ -261,6 +275,7 @@ def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, s
                                           **kwargs)
         return window_attention_eager_3d(qkv, *size, num_heads, window, shift, **kwargs)
     # the kernels index these small tensors as contiguous: an expanded one is read past its end
+    rel_bias = rel_bias.contiguous() if rel_bias is not None else None
     qkv_bias = qkv_bias.contiguous() if qkv_bias is not None else None
     logit_scale = logit_scale.reshape(-1).contiguous() if logit_scale is not None else None
     dtype = qkv.dtype
@@ -271,7 +286,7 @@ def _window_attention(qkv, size, num_heads, window, shift, rel_bias, qkv_bias, s
             scale, float(mask_value), roll_before_pad, kernel)
     fwd = _WindowAttention.apply if _direct(qkv, rel_bias, qkv_bias, logit_scale) else _fwd
     out, _ = fwd(*args)
-    return out.to(dtype)
+    return out if out.dtype == dtype else out.to(dtype)
 
 
 def _direct(*tensors):
@@ -332,9 +347,12 @@ def _bwd_kernels(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, saved
                  window: list[int], shift: list[int], scale: float, mask_value: float,
                  roll_before_pad: bool, kernel: str
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _kernels(kernel).window_attention_bwd(
+    """dqkv and the gradients of rel_bias, qkv_bias and logit_scale, each in its parameter's
+    dtype and shape; empty where the parameter is None (a custom op returns no None)."""
+    dqkv, *grads = _kernels(kernel).window_attention_bwd(
         dout, qkv, out, saved, rel_bias, qkv_bias, logit_scale,
         _geometry(size, window, shift, roll_before_pad), num_heads, scale, mask_value)
+    return dqkv, *(qkv.new_empty(0) if grad is None else grad for grad in grads)
 
 
 _bwd = torch.library.custom_op("swin_fused::window_attention_bwd", _bwd_kernels, mutates_args=())
@@ -343,29 +361,28 @@ _bwd = torch.library.custom_op("swin_fused::window_attention_bwd", _bwd_kernels,
 @_bwd.register_fake
 def _(dout, qkv, out, saved, rel_bias, qkv_bias, logit_scale, size, num_heads, window, shift, scale,
       mask_value, roll_before_pad, kernel):
-    n = math.prod(window)
-    f32 = dict(dtype=torch.float32)
-    return (torch.empty_like(qkv), qkv.new_empty(num_heads, n, n, **f32),
-            qkv.new_empty(qkv.shape[-1], **f32), qkv.new_empty(num_heads, **f32))
+    grads = (qkv.new_empty(0) if p is None else torch.empty_like(p)
+             for p in (rel_bias, qkv_bias, logit_scale))
+    return torch.empty_like(qkv), *grads
 
 
 def _setup_context(ctx, inputs, output):
     qkv, rel_bias, qkv_bias, logit_scale, *ctx.config = inputs
     out, saved = output
     ctx.save_for_backward(qkv, out, saved, rel_bias, qkv_bias, logit_scale)
+    ctx.mark_non_differentiable(saved)
+    ctx.set_materialize_grads(False)  # saved's gradient would be a zeros op per call
 
 
 def _backward(ctx, dout, _dsaved):
     qkv, out, saved, rel_bias, qkv_bias, logit_scale = ctx.saved_tensors
     # create_graph=True: the custom op, whose own backward says there is no double backward
     bwd = _bwd if torch.is_grad_enabled() or not _direct(dout) else _bwd_kernels
-    dqkv, drel_bias, dqkv_bias, dlogit_scale = bwd(
-        dout.contiguous(), qkv, out, saved, rel_bias, qkv_bias, logit_scale, *ctx.config)
-
-    def cast(grad, like):
-        return None if like is None else grad.to(like.dtype).view_as(like)
-    return (dqkv, cast(drel_bias, rel_bias), cast(dqkv_bias, qkv_bias),
-            cast(dlogit_scale, logit_scale)) + (None,) * len(ctx.config)
+    dqkv, *grads = bwd(dout.contiguous(), qkv, out, saved, rel_bias, qkv_bias, logit_scale,
+                       *ctx.config)
+    parameters = (rel_bias, qkv_bias, logit_scale)
+    return (dqkv, *(None if p is None else grad for grad, p in zip(grads, parameters, strict=True)),
+            *(None,) * len(ctx.config))
 
 
 _fwd.register_autograd(_backward, setup_context=_setup_context)
