@@ -2,8 +2,8 @@
 
 The frame is index arithmetic (see kernels.common). The shift mask comes from frame coordinates,
 the relative position bias from the dense (heads, N, N) tensor; the N x N scores live in registers
-only. Windows larger than one tile run tiled, with an online softmax
-forward and a flash-attention-2 style backward.
+only. Windows larger than one tile run tiled, with an online softmax forward and a
+flash-attention-2 style backward.
 """
 from dataclasses import dataclass, replace
 
