@@ -341,17 +341,26 @@ def _(qkv, rel_bias, qkv_bias, logit_scale, size, num_heads, window, shift, scal
     return qkv.new_empty(B, L, C3 // 3), saved
 
 
+def _bwd_launch(dout, qkv, out, saved, rel_bias, qkv_bias, logit_scale, size, num_heads, window,
+                shift, scale, mask_value, roll_before_pad, kernel):
+    """dqkv and the gradients of rel_bias, qkv_bias and logit_scale, each in its parameter's
+    dtype and shape, None where the parameter is None."""
+    return _kernels(kernel).window_attention_bwd(
+        dout, qkv, out, saved, rel_bias, qkv_bias, logit_scale,
+        _geometry(size, window, shift, roll_before_pad), num_heads, scale, mask_value)
+
+
 def _bwd_kernels(dout: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, saved: torch.Tensor,
                  rel_bias: Optional[torch.Tensor], qkv_bias: Optional[torch.Tensor],
                  logit_scale: Optional[torch.Tensor], size: list[int], num_heads: int,
                  window: list[int], shift: list[int], scale: float, mask_value: float,
                  roll_before_pad: bool, kernel: str
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """dqkv and the gradients of rel_bias, qkv_bias and logit_scale, each in its parameter's
-    dtype and shape; empty where the parameter is None (a custom op returns no None)."""
-    dqkv, *grads = _kernels(kernel).window_attention_bwd(
-        dout, qkv, out, saved, rel_bias, qkv_bias, logit_scale,
-        _geometry(size, window, shift, roll_before_pad), num_heads, scale, mask_value)
+    """_bwd_launch for the custom op, which returns no None: an empty gradient for each absent
+    parameter."""
+    dqkv, *grads = _bwd_launch(dout, qkv, out, saved, rel_bias, qkv_bias, logit_scale, size,
+                               num_heads, window, shift, scale, mask_value, roll_before_pad,
+                               kernel)
     return dqkv, *(qkv.new_empty(0) if grad is None else grad for grad in grads)
 
 
@@ -377,7 +386,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, _dsaved):
     qkv, out, saved, rel_bias, qkv_bias, logit_scale = ctx.saved_tensors
     # create_graph=True: the custom op, whose own backward says there is no double backward
-    bwd = _bwd if torch.is_grad_enabled() or not _direct(dout) else _bwd_kernels
+    bwd = _bwd if torch.is_grad_enabled() or not _direct(dout) else _bwd_launch
     dqkv, *grads = bwd(dout.contiguous(), qkv, out, saved, rel_bias, qkv_bias, logit_scale,
                        *ctx.config)
     parameters = (rel_bias, qkv_bias, logit_scale)
